@@ -1,0 +1,1 @@
+//! The backend-neutral Rust API behind the C functions.

@@ -1,0 +1,1 @@
+//! Cluster configuration: cluster.conf, O2CB_* timeouts, heartbeat geometry.

@@ -1,0 +1,1 @@
+//! The dlmfs backend.

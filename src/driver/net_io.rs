@@ -1,0 +1,1 @@
+//! Driver: net_io.

@@ -1,0 +1,1 @@
+//! o2hb liveness state machine (sans-IO).

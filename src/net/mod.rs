@@ -1,0 +1,1 @@
+//! o2net connection state machines (sans-IO).

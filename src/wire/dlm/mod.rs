@@ -1,0 +1,1 @@
+//! o2dlm message codecs (types 500..522).

@@ -1,0 +1,1 @@
+//! The o2hb on-disk heartbeat block.

@@ -1,0 +1,1 @@
+//! o2net handshake and message header.
