@@ -3,5 +3,8 @@
 
 pub mod crc;
 pub mod dlm;
+pub mod error;
 pub mod o2hb;
 pub mod o2net;
+
+pub use error::WireError;
