@@ -14,7 +14,7 @@ BUILD_DIR := $(TARGET_DIR)/$(PROFILE)
 # A staged install used by the C and Python tests.
 STAGE := $(abspath $(TARGET_DIR))/stage
 
-.PHONY: all build install stage header test test-rust test-c test-python test-kernel clean
+.PHONY: all build install stage header test test-deps test-rust test-c test-python clean
 
 all: build
 
@@ -44,3 +44,19 @@ header:
 
 clean:
 	$(CARGO) clean
+
+# The whole test suite: Rust units and integration tests, then the C and
+# Python suites against a staged install, then the kernel (qemu) tests.
+test: test-deps test-rust stage test-c test-python
+
+test-deps:
+	./tools/install-test-deps.sh
+
+test-rust:
+	$(CARGO) test --release
+
+test-c: stage
+	PKG_CONFIG_PATH=$(STAGE)/usr/local/lib/pkgconfig ./c-tests/run.sh
+
+test-python: stage
+	O2DLM_LIB=$(STAGE)/usr/local/lib/libo2dlm.so.1 python3 -m pytest -q python-tests
