@@ -110,12 +110,12 @@ _libc.mprotect.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
 
 def _guarded(data):
     """Returns (keepalive, address) of `data` ending at a PROT_NONE page."""
-    assert len(data) <= _PAGE
-    region = mmap.mmap(-1, 2 * _PAGE)
+    size = (len(data) + _PAGE - 1) // _PAGE * _PAGE or _PAGE
+    region = mmap.mmap(-1, size + _PAGE)
     base = ctypes.addressof(ctypes.c_char.from_buffer(region))
-    if _libc.mprotect(base + _PAGE, _PAGE, 0) != 0:
+    if _libc.mprotect(base + size, _PAGE, 0) != 0:
         raise OSError(ctypes.get_errno(), "mprotect")
-    start = base + _PAGE - len(data)
+    start = base + size - len(data)
     ctypes.memmove(start, data, len(data))
     return region, start
 
@@ -323,3 +323,15 @@ class Api:
         for t in ts:
             t.join()
         return results
+
+
+def overread_probe(data):
+    """strlen() over an Unterminated argument: must crash the process.
+    Used to show that the guard page really catches an over-read."""
+    keep = []
+    _libc.strlen.argtypes = [ctypes.c_void_p]
+    _libc.strlen.restype = ctypes.c_size_t
+    return _libc.strlen(_arg(Unterminated(data), keep))
+
+
+Api.overread_probe = staticmethod(overread_probe)

@@ -1,6 +1,6 @@
 """Child process for tests: runs `Api` calls sent by o2dlm_remote.Remote.
 
-Protocol on stdin/stdout: pickled (method, args) requests, pickled
+Protocol on stdin/stdout: pickled (method, args, kwargs) requests, pickled
 ("ok", result) or ("error", text) replies. Both ends are our own test code.
 """
 
@@ -19,11 +19,11 @@ def main():
     replies = sys.stdout.buffer
     while True:
         try:
-            method, args = pickle.load(requests)
+            method, args, kwargs = pickle.load(requests)
         except EOFError:
             return
         try:
-            reply = ("ok", getattr(api, method)(*args))
+            reply = ("ok", getattr(api, method)(*args, **kwargs))
         except Exception:  # reported to the test, which fails
             reply = ("error", traceback.format_exc())
         pickle.dump(reply, replies)

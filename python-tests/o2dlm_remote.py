@@ -32,9 +32,9 @@ class Remote:
         )
         self._stderr_text = None
 
-    def call(self, method, *args):
+    def call(self, method, *args, **kwargs):
         try:
-            pickle.dump((method, args), self.proc.stdin)
+            pickle.dump((method, args, kwargs), self.proc.stdin)
             self.proc.stdin.flush()
             status, value = pickle.load(self.proc.stdout)
         except (EOFError, BrokenPipeError, pickle.UnpicklingError):
@@ -52,7 +52,7 @@ class Remote:
     def __getattr__(self, method):
         if method.startswith("_"):
             raise AttributeError(method)
-        return lambda *args: self.call(method, *args)
+        return lambda *args, **kwargs: self.call(method, *args, **kwargs)
 
     def close(self):
         """Ends the child; returns its exit status."""
