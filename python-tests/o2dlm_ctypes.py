@@ -304,6 +304,36 @@ class Api:
             t.join()
         return wrong
 
+    def hammer_ids(self, ctx, threads, rounds):
+        """Thread i locks "t<i>" EX, writes an LVB, reads it back and
+        unlocks, `rounds` times. Returns the list of anything unexpected."""
+        barrier = threading.Barrier(threads)
+        wrong = []
+        lock = threading.Lock()
+
+        def worker(i):
+            lockid = f"t{i}".encode()
+            barrier.wait()
+            for n in range(rounds):
+                data = bytes([i, n % 256]) * 4
+                got = [
+                    ("lock", self.lock(ctx, lockid, 0, EX), 0),
+                    ("write", self.write_lvb(ctx, lockid, data), (0, 8)),
+                    ("read", self.read_lvb(ctx, lockid, 8), (0, data, 8)),
+                    ("unlock", self.unlock(ctx, lockid), 0),
+                ]
+                for what, result, want in got:
+                    if result != want:
+                        with lock:
+                            wrong.append((i, n, what, result))
+
+        ts = [threading.Thread(target=worker, args=(i,)) for i in range(threads)]
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join()
+        return wrong
+
     def race_lock(self, ctx, lockid, threads):
         """`threads` threads lock the same id of one context at once;
         returns their return codes."""
