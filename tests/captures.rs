@@ -1,0 +1,629 @@
+//! The o2net (and o2dlm) codecs against real Linux 6.1 kernel traffic.
+//!
+//! Every TCP stream on the o2net port of every reference capture is split
+//! into its 32-byte handshake and frames; each is decoded and re-encoded and
+//! must give back the captured bytes exactly. Message counts per file are
+//! pinned (and cross-checked with the capture's own story file), so a decoder
+//! regression that drops or invents frames is caught.
+
+mod support;
+
+use o2dlm::wire::o2net::{
+    peek_frame, Handshake, MsgHeader, HANDSHAKE_LEN, KEEP_REQ_MAGIC, KEEP_RESP_MAGIC, MSG_MAGIC,
+    STATUS_MAGIC,
+};
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use support::pcap;
+
+/// Every node in the captures listens on this port.
+const O2NET_PORT: u16 = 7777;
+
+/// One o2net message found in a stream.
+#[derive(Debug, Clone)]
+struct Msg {
+    conn: usize,
+    from: Ipv4Addr,
+    to: Ipv4Addr,
+    /// Frame holding the message's first byte.
+    frame: usize,
+    header: MsgHeader,
+    #[allow(dead_code)] // read by the o2dlm checks
+    payload: Vec<u8>,
+}
+
+#[derive(Debug, Default)]
+struct Analysis {
+    pcap_frames: usize,
+    connections: usize,
+    handshakes: Vec<Handshake>,
+    keep_req: usize,
+    keep_resp: usize,
+    requests: BTreeMap<u16, usize>,
+    replies: BTreeMap<u16, usize>,
+    /// Requests (0xFA55) in stream order per direction.
+    msgs: Vec<Msg>,
+    /// (request type, status) for every matched status reply.
+    reply_status: Vec<(u16, u32, i32)>,
+    retransmitted_frames: usize,
+}
+
+fn capture_path(name: &str) -> PathBuf {
+    support::captures_dir().join(name)
+}
+
+fn frame_at(offsets: &[(usize, usize)], off: usize) -> usize {
+    // The last frame whose first new byte is at or before `off`.
+    let i = offsets.partition_point(|&(o, _)| o <= off);
+    if i == 0 {
+        0
+    } else {
+        offsets[i - 1].1
+    }
+}
+
+fn analyse(name: &str) -> Analysis {
+    let path = capture_path(name);
+    let (packets, conns) = pcap::tcp_connections_on_port(&path, O2NET_PORT)
+        .unwrap_or_else(|e| panic!("reading {name}: {e}"));
+    let mut a = Analysis {
+        pcap_frames: packets.len(),
+        connections: conns.len(),
+        ..Analysis::default()
+    };
+    let mut replies: Vec<Msg> = Vec::new();
+    for c in &conns {
+        for dir in [&c.client, &c.server] {
+            a.retransmitted_frames += dir.retransmitted_frames + dir.partly_retransmitted_frames;
+            let data = &dir.data;
+            if data.is_empty() {
+                continue;
+            }
+            let (Some(src), Some(dst)) = (dir.src, dir.dst) else {
+                panic!("{name}: connection {} direction without endpoints", c.index);
+            };
+            // Each direction opens with exactly one handshake.
+            assert!(
+                data.len() >= HANDSHAKE_LEN,
+                "{name}: conn {} {}→{}: only {} bytes, no complete handshake",
+                c.index,
+                src.0,
+                dst.0,
+                data.len()
+            );
+            let hs = Handshake::decode(data).unwrap_or_else(|e| panic!("{name}: handshake: {e}"));
+            assert_eq!(
+                hs.encode()[..],
+                data[..HANDSHAKE_LEN],
+                "{name}: handshake re-encoding differs"
+            );
+            a.handshakes.push(hs);
+            let mut off = HANDSHAKE_LEN;
+            while off < data.len() {
+                let frame = frame_at(&dir.frame_offsets, off);
+                let (hdr, total) = match peek_frame(&data[off..]) {
+                    Ok(Some(x)) => x,
+                    Ok(None) => panic!(
+                        "{name}: conn {} {}→{}: stream ends inside a frame at offset {off} (frame {frame})",
+                        c.index, src.0, dst.0
+                    ),
+                    Err(e) => panic!(
+                        "{name}: conn {} {}→{}: bad frame at offset {off} (frame {frame}): {e}",
+                        c.index, src.0, dst.0
+                    ),
+                };
+                assert_eq!(
+                    hdr.encode()[..],
+                    data[off..off + 24],
+                    "{name}: frame {frame}: header re-encoding differs"
+                );
+                let msg = Msg {
+                    conn: c.index,
+                    from: src.0,
+                    to: dst.0,
+                    frame,
+                    header: hdr,
+                    payload: data[off + 24..off + total].to_vec(),
+                };
+                match hdr.magic {
+                    MSG_MAGIC => {
+                        // Request headers carry only type, length, key and id.
+                        assert_eq!(
+                            (hdr.pad1, hdr.sys_status, hdr.status),
+                            (0, 0, 0),
+                            "{name}: frame {frame}: request with non-zero pad/status"
+                        );
+                        *a.requests.entry(hdr.msg_type).or_default() += 1;
+                        a.msgs.push(msg);
+                    }
+                    STATUS_MAGIC => {
+                        assert_eq!(hdr.data_len, 0, "{name}: frame {frame}: reply payload");
+                        replies.push(msg);
+                    }
+                    KEEP_REQ_MAGIC | KEEP_RESP_MAGIC => {
+                        let want = if hdr.magic == KEEP_REQ_MAGIC {
+                            a.keep_req += 1;
+                            MsgHeader::keepalive_request()
+                        } else {
+                            a.keep_resp += 1;
+                            MsgHeader::keepalive_response()
+                        };
+                        assert_eq!(hdr, want, "{name}: frame {frame}: keepalive not all zero");
+                    }
+                    other => unreachable!("peek_frame accepted magic {other:#x}"),
+                }
+                off += total;
+            }
+        }
+    }
+    // Match each reply with the request it answers: same connection,
+    // opposite direction, identical type/pad/key/msg_num, sent no later.
+    let mut pending: Vec<Option<&Msg>> = a.msgs.iter().map(Some).collect();
+    for r in &replies {
+        let h = r.header;
+        let slot = pending.iter_mut().find(|m| {
+            m.is_some_and(|m| {
+                m.conn == r.conn
+                    && m.from == r.to
+                    && m.frame <= r.frame
+                    && (
+                        m.header.msg_type,
+                        m.header.pad1,
+                        m.header.key,
+                        m.header.msg_num,
+                    ) == (h.msg_type, h.pad1, h.key, h.msg_num)
+            })
+        });
+        let Some(slot) = slot else {
+            panic!("{name}: frame {}: reply {h:?} answers no request", r.frame);
+        };
+        let req = slot.take().map(|m| m.header);
+        assert_eq!(
+            req.map(|q| MsgHeader::status_reply(&q, h.sys_status, h.status)),
+            Some(h),
+            "{name}: frame {}: reply is not the kernel's echo of the request",
+            r.frame
+        );
+        *a.replies.entry(h.msg_type).or_default() += 1;
+        a.reply_status.push((h.msg_type, h.sys_status, h.status));
+    }
+    a
+}
+
+/// Counts a capture's story file (`NN-name.md`, "Message counts" table)
+/// gives: (row label, count).
+fn story_counts(name: &str) -> BTreeMap<String, usize> {
+    let md = capture_path(name).with_extension("md");
+    let text = std::fs::read_to_string(&md)
+        .unwrap_or_else(|e| panic!("reading story {}: {e}", md.display()));
+    let mut out = BTreeMap::new();
+    let mut in_table = false;
+    for line in text.lines() {
+        if line.starts_with("Message counts") {
+            in_table = true;
+            continue;
+        }
+        if !in_table {
+            continue;
+        }
+        if !line.starts_with('|') {
+            if !out.is_empty() {
+                break;
+            }
+            continue;
+        }
+        let cells: Vec<&str> = line.trim_matches('|').split('|').map(str::trim).collect();
+        if cells.len() == 2 {
+            if let Ok(n) = cells[1].parse::<usize>() {
+                out.insert(cells[0].to_string(), n);
+            }
+        }
+    }
+    assert!(!out.is_empty(), "{}: no Message counts table", md.display());
+    out
+}
+
+/// The frame count tshark printed in part 1 of `NN-name.txt` (one summary
+/// line per frame, numbered from 1).
+fn tshark_frame_count(name: &str) -> usize {
+    let txt = capture_path(name).with_extension("txt");
+    let text = std::fs::read_to_string(&txt)
+        .unwrap_or_else(|e| panic!("reading decode {}: {e}", txt.display()));
+    let mut last = 0;
+    for line in text.lines() {
+        let t = line.trim_start();
+        if t.starts_with('#') || t.is_empty() {
+            continue;
+        }
+        // Part 1 ends where part 2 (expanded frames) starts.
+        if t.starts_with("Frame ") {
+            break;
+        }
+        match t
+            .split_whitespace()
+            .next()
+            .and_then(|n| n.parse::<usize>().ok())
+        {
+            Some(n) if n == last + 1 => last = n,
+            _ => break,
+        }
+    }
+    last
+}
+
+/// Names and labels as the story files write them.
+fn dlm_name(t: u16) -> &'static str {
+    match t {
+        500 => "MASTER_REQUEST",
+        502 => "ASSERT_MASTER",
+        503 => "CREATE_LOCK",
+        504 => "CONVERT_LOCK",
+        505 => "PROXY_AST",
+        506 => "UNLOCK_LOCK",
+        507 => "DEREF_LOCKRES",
+        508 => "MIGRATE_REQUEST",
+        509 => "MIG_LOCKRES",
+        510 => "QUERY_JOIN",
+        511 => "ASSERT_JOINED",
+        512 => "CANCEL_JOIN",
+        513 => "EXIT_DOMAIN",
+        514 => "MASTER_REQUERY",
+        515 => "LOCK_REQUEST",
+        516 => "RECO_DATA_DONE",
+        517 => "BEGIN_RECO",
+        518 => "FINALIZE_RECO",
+        519 => "QUERY_REGION",
+        520 => "QUERY_NODEINFO",
+        521 => "BEGIN_EXIT_DOMAIN",
+        522 => "DEREF_LOCKRES_DONE",
+        _ => "?",
+    }
+}
+
+fn our_counts(a: &Analysis) -> BTreeMap<String, usize> {
+    let mut m = BTreeMap::new();
+    for (&t, &n) in &a.requests {
+        m.insert(format!("{t} {}", dlm_name(t)), n);
+    }
+    for (&t, &n) in &a.replies {
+        m.insert(format!("{t} {} reply", dlm_name(t)), n);
+    }
+    m.insert("HANDSHAKE".into(), a.handshakes.len());
+    m.insert("KEEPALIVE_REQ".into(), a.keep_req);
+    m.insert("KEEPALIVE_RESP".into(), a.keep_resp);
+    m.retain(|_, n| *n > 0);
+    m
+}
+
+/// What each capture holds, pinned from our own decode (which agrees with
+/// the story files and the README table of the capture set).
+struct Expected {
+    name: &'static str,
+    pcap_frames: usize,
+    /// TCP connections on the o2net port (a refused first attempt counts).
+    connections: usize,
+    /// Frames that only or partly repeat bytes already seen.
+    retransmitted_frames: usize,
+    handshakes: usize,
+    keep_req: usize,
+    keep_resp: usize,
+    /// (msg_type, requests, status replies).
+    dlm: &'static [(u16, usize, usize)],
+}
+
+/// The join sequence both nodes of a two-node domain go through.
+const JOIN2: [(u16, usize, usize); 4] = [(510, 2, 2), (511, 1, 1), (519, 1, 1), (520, 1, 1)];
+
+const EXPECTED: &[Expected] = &[
+    Expected {
+        name: "01-connect.pcap",
+        pcap_frames: 59,
+        connections: 1,
+        retransmitted_frames: 0,
+        handshakes: 2,
+        keep_req: 12,
+        keep_resp: 12,
+        dlm: &[],
+    },
+    Expected {
+        name: "02-domain-join.pcap",
+        pcap_frames: 64,
+        connections: 2,
+        retransmitted_frames: 0,
+        handshakes: 3,
+        keep_req: 8,
+        keep_resp: 8,
+        dlm: &JOIN2,
+    },
+    Expected {
+        name: "03-mastery.pcap",
+        pcap_frames: 87,
+        connections: 1,
+        retransmitted_frames: 0,
+        handshakes: 2,
+        keep_req: 8,
+        keep_resp: 8,
+        dlm: &[
+            (500, 3, 3),
+            (502, 3, 3),
+            (503, 1, 1),
+            (505, 1, 1),
+            JOIN2[0],
+            JOIN2[1],
+            JOIN2[2],
+            JOIN2[3],
+        ],
+    },
+    Expected {
+        name: "04-contention.pcap",
+        pcap_frames: 129,
+        connections: 2,
+        retransmitted_frames: 0,
+        handshakes: 3,
+        keep_req: 9,
+        keep_resp: 9,
+        dlm: &[
+            (500, 5, 5),
+            (502, 5, 5),
+            (503, 3, 3),
+            (504, 1, 1),
+            (505, 4, 4),
+            JOIN2[0],
+            JOIN2[1],
+            JOIN2[2],
+            JOIN2[3],
+        ],
+    },
+    Expected {
+        name: "05-convert.pcap",
+        pcap_frames: 134,
+        connections: 1,
+        retransmitted_frames: 0,
+        handshakes: 2,
+        keep_req: 12,
+        keep_resp: 12,
+        dlm: &[
+            (500, 6, 6),
+            (502, 6, 6),
+            (503, 2, 2),
+            (504, 2, 2),
+            (505, 5, 5),
+            JOIN2[0],
+            JOIN2[1],
+            JOIN2[2],
+            JOIN2[3],
+        ],
+    },
+    Expected {
+        name: "06-unlink-leave.pcap",
+        pcap_frames: 288,
+        connections: 1,
+        retransmitted_frames: 0,
+        handshakes: 2,
+        keep_req: 44,
+        keep_resp: 44,
+        dlm: &[
+            (500, 9, 9),
+            (502, 10, 10),
+            (503, 3, 3),
+            (505, 3, 3),
+            (506, 2, 2),
+            (507, 3, 3),
+            (509, 1, 1),
+            JOIN2[0],
+            JOIN2[1],
+            (513, 1, 1),
+            JOIN2[2],
+            JOIN2[3],
+            (521, 1, 1),
+        ],
+    },
+    Expected {
+        name: "07-node-death.pcap",
+        pcap_frames: 104,
+        connections: 1,
+        // Node 0's keepalive to the killed node, sent seven more times.
+        retransmitted_frames: 7,
+        handshakes: 2,
+        keep_req: 10,
+        keep_resp: 8,
+        dlm: &[
+            (500, 5, 5),
+            (502, 5, 5),
+            (503, 2, 2),
+            (505, 1, 1),
+            // Sent to the dead node: never answered.
+            (507, 1, 0),
+            JOIN2[0],
+            JOIN2[1],
+            JOIN2[2],
+            JOIN2[3],
+        ],
+    },
+    Expected {
+        name: "08-recovery-3node.pcap",
+        pcap_frames: 567,
+        connections: 4,
+        retransmitted_frames: 15,
+        handshakes: 7,
+        keep_req: 62,
+        keep_resp: 58,
+        dlm: &[
+            (500, 25, 25),
+            (502, 32, 32),
+            (503, 6, 6),
+            (504, 1, 1),
+            (505, 8, 8),
+            (509, 1, 1),
+            (510, 6, 6),
+            (511, 3, 3),
+            (514, 1, 1),
+            (515, 1, 1),
+            (516, 1, 1),
+            (517, 1, 1),
+            (518, 2, 2),
+            (519, 3, 3),
+            (520, 3, 3),
+        ],
+    },
+    Expected {
+        name: "09-leave-3node.pcap",
+        pcap_frames: 372,
+        connections: 4,
+        retransmitted_frames: 0,
+        handshakes: 7,
+        keep_req: 52,
+        keep_resp: 52,
+        dlm: &[
+            (500, 7, 7),
+            (502, 12, 12),
+            (503, 2, 2),
+            (504, 2, 2),
+            (505, 5, 5),
+            (507, 1, 1),
+            (508, 1, 1),
+            (509, 1, 1),
+            (510, 6, 6),
+            (511, 3, 3),
+            (513, 2, 2),
+            (519, 3, 3),
+            (520, 3, 3),
+            (521, 2, 2),
+        ],
+    },
+];
+
+fn expected(name: &str) -> &'static Expected {
+    EXPECTED.iter().find(|e| e.name == name).unwrap_or_else(|| {
+        panic!("{name}: no pinned counts for this capture; add an Expected entry")
+    })
+}
+
+/// The handshake every node of the capture cluster sends (dead_threshold 7,
+/// idle 10000 ms, keepalive 1000 ms, reconnect 1000 ms).
+const CAPTURE_HANDSHAKE: Handshake = Handshake {
+    protocol_version: 11,
+    connector_id: 1,
+    o2hb_heartbeat_timeout_ms: 12000,
+    idle_timeout_ms: 10000,
+    keepalive_delay_ms: 1000,
+    reconnect_delay_ms: 1000,
+};
+
+fn check_capture(name: &str) {
+    let e = expected(name);
+    let a = analyse(name);
+    assert_eq!(a.pcap_frames, e.pcap_frames, "{name}: frames in pcap");
+    assert_eq!(
+        a.pcap_frames,
+        tshark_frame_count(name),
+        "{name}: frame count differs from the tshark summary"
+    );
+    assert_eq!(a.connections, e.connections, "{name}: o2net connections");
+    assert_eq!(
+        a.retransmitted_frames, e.retransmitted_frames,
+        "{name}: retransmitted frames"
+    );
+    assert_eq!(a.handshakes.len(), e.handshakes, "{name}: handshakes");
+    for hs in &a.handshakes {
+        assert_eq!(*hs, CAPTURE_HANDSHAKE, "{name}: handshake contents");
+    }
+    assert_eq!(a.keep_req, e.keep_req, "{name}: KEEPALIVE_REQ");
+    assert_eq!(a.keep_resp, e.keep_resp, "{name}: KEEPALIVE_RESP");
+    let want_req: BTreeMap<u16, usize> = e.dlm.iter().map(|&(t, q, _)| (t, q)).collect();
+    let want_rep: BTreeMap<u16, usize> = e
+        .dlm
+        .iter()
+        .filter(|x| x.2 > 0)
+        .map(|&(t, _, r)| (t, r))
+        .collect();
+    assert_eq!(a.requests, want_req, "{name}: requests per msg_type");
+    assert_eq!(a.replies, want_rep, "{name}: status replies per msg_type");
+    // Every message counted by the story file's own (independent) decoder.
+    assert_eq!(
+        our_counts(&a),
+        story_counts(name),
+        "{name}: counts differ from the story file's Message counts"
+    );
+    // The transport layer always delivered: no o2net-level errors.
+    for &(t, sys, _) in &a.reply_status {
+        assert_eq!(sys, 0, "{name}: type {t} reply with sys_status {sys}");
+    }
+}
+
+#[test]
+fn capture_01_connect() {
+    check_capture("01-connect.pcap");
+}
+
+#[test]
+fn capture_02_domain_join() {
+    check_capture("02-domain-join.pcap");
+}
+
+#[test]
+fn capture_03_mastery() {
+    check_capture("03-mastery.pcap");
+}
+
+#[test]
+fn capture_04_contention() {
+    check_capture("04-contention.pcap");
+}
+
+#[test]
+fn capture_05_convert() {
+    check_capture("05-convert.pcap");
+}
+
+#[test]
+fn capture_06_unlink_leave() {
+    check_capture("06-unlink-leave.pcap");
+}
+
+#[test]
+fn capture_07_node_death() {
+    check_capture("07-node-death.pcap");
+}
+
+#[test]
+fn capture_08_recovery_3node() {
+    check_capture("08-recovery-3node.pcap");
+}
+
+#[test]
+fn capture_09_leave_3node() {
+    check_capture("09-leave-3node.pcap");
+}
+
+/// Every pcap in the directory has pinned counts and passes, and every
+/// pinned capture exists.
+#[test]
+fn every_capture_in_directory() {
+    let dir = support::captures_dir();
+    let mut found: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("listing {}: {e}", dir.display()))
+        .filter_map(|d| d.ok())
+        .map(|d| d.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".pcap"))
+        .collect();
+    found.sort();
+    let pinned: Vec<String> = EXPECTED.iter().map(|e| e.name.to_string()).collect();
+    assert_eq!(found, pinned, "captures in {}", dir.display());
+    for name in &found {
+        check_capture(name);
+    }
+}
+
+/// The decoder must reject a stream whose frame header is corrupted, so the
+/// round trips above cannot pass by accepting anything.
+#[test]
+fn corrupted_capture_stream_is_rejected() {
+    let path = capture_path("03-mastery.pcap");
+    let (_, conns) = pcap::tcp_connections_on_port(&path, O2NET_PORT).unwrap();
+    let mut data = conns[0].client.data.clone();
+    assert!(peek_frame(&data[HANDSHAKE_LEN..]).unwrap().is_some());
+    data[HANDSHAKE_LEN + 1] = 0x59; // magic 0xFA59: outside FA55..FA58
+    assert!(peek_frame(&data[HANDSHAKE_LEN..]).is_err());
+}
