@@ -51,6 +51,10 @@ struct Analysis {
     /// For each request, its reply's `status` if it got one.
     answer: Vec<Option<i32>>,
     retransmitted_frames: usize,
+    /// Messages (handshakes included) whose bytes came in several TCP segments.
+    split_messages: usize,
+    /// TCP segments that carried the starts of more than one message.
+    shared_segments: usize,
 }
 
 fn capture_path(name: &str) -> PathBuf {
@@ -103,6 +107,7 @@ fn analyse(name: &str) -> Analysis {
                 "{name}: handshake re-encoding differs"
             );
             a.handshakes.push(hs);
+            let mut starts = vec![0, HANDSHAKE_LEN];
             let mut off = HANDSHAKE_LEN;
             while off < data.len() {
                 let frame = frame_at(&dir.frame_offsets, off);
@@ -171,7 +176,20 @@ fn analyse(name: &str) -> Analysis {
                     other => unreachable!("peek_frame accepted magic {other:#x}"),
                 }
                 off += total;
+                starts.push(off);
             }
+            // How the kernel's messages fell into TCP segments: framing must
+            // cope with both splits and several messages per segment.
+            let mut bounds: Vec<usize> = dir.frame_offsets.iter().map(|x| x.0).collect();
+            bounds.push(data.len());
+            a.split_messages += starts
+                .windows(2)
+                .filter(|w| bounds.iter().any(|&b| b > w[0] && b < w[1]))
+                .count();
+            a.shared_segments += bounds
+                .windows(2)
+                .filter(|w| starts.iter().filter(|&&m| m >= w[0] && m < w[1]).count() > 1)
+                .count();
         }
     }
     // Match each reply with the request it answers: same connection,
@@ -325,6 +343,10 @@ struct Expected {
     connections: usize,
     /// Frames that only or partly repeat bytes already seen.
     retransmitted_frames: usize,
+    /// Messages spread over several segments (QUERY_NODEINFO's 2132 bytes
+    /// always are) and segments holding several messages.
+    split_messages: usize,
+    shared_segments: usize,
     handshakes: usize,
     keep_req: usize,
     keep_resp: usize,
@@ -341,6 +363,8 @@ const EXPECTED: &[Expected] = &[
         pcap_frames: 59,
         connections: 1,
         retransmitted_frames: 0,
+        split_messages: 0,
+        shared_segments: 0,
         handshakes: 2,
         keep_req: 12,
         keep_resp: 12,
@@ -351,6 +375,8 @@ const EXPECTED: &[Expected] = &[
         pcap_frames: 64,
         connections: 2,
         retransmitted_frames: 0,
+        split_messages: 1,
+        shared_segments: 0,
         handshakes: 3,
         keep_req: 8,
         keep_resp: 8,
@@ -361,6 +387,8 @@ const EXPECTED: &[Expected] = &[
         pcap_frames: 87,
         connections: 1,
         retransmitted_frames: 0,
+        split_messages: 1,
+        shared_segments: 0,
         handshakes: 2,
         keep_req: 8,
         keep_resp: 8,
@@ -380,6 +408,8 @@ const EXPECTED: &[Expected] = &[
         pcap_frames: 129,
         connections: 2,
         retransmitted_frames: 0,
+        split_messages: 1,
+        shared_segments: 0,
         handshakes: 3,
         keep_req: 9,
         keep_resp: 9,
@@ -400,6 +430,8 @@ const EXPECTED: &[Expected] = &[
         pcap_frames: 134,
         connections: 1,
         retransmitted_frames: 0,
+        split_messages: 1,
+        shared_segments: 0,
         handshakes: 2,
         keep_req: 12,
         keep_resp: 12,
@@ -420,6 +452,8 @@ const EXPECTED: &[Expected] = &[
         pcap_frames: 288,
         connections: 1,
         retransmitted_frames: 0,
+        split_messages: 1,
+        shared_segments: 0,
         handshakes: 2,
         keep_req: 44,
         keep_resp: 44,
@@ -445,6 +479,8 @@ const EXPECTED: &[Expected] = &[
         connections: 1,
         // Node 0's keepalive to the killed node, sent seven more times.
         retransmitted_frames: 7,
+        split_messages: 1,
+        shared_segments: 1,
         handshakes: 2,
         keep_req: 10,
         keep_resp: 8,
@@ -466,6 +502,8 @@ const EXPECTED: &[Expected] = &[
         pcap_frames: 567,
         connections: 4,
         retransmitted_frames: 15,
+        split_messages: 3,
+        shared_segments: 2,
         handshakes: 7,
         keep_req: 62,
         keep_resp: 58,
@@ -492,6 +530,8 @@ const EXPECTED: &[Expected] = &[
         pcap_frames: 372,
         connections: 4,
         retransmitted_frames: 0,
+        split_messages: 3,
+        shared_segments: 0,
         handshakes: 7,
         keep_req: 52,
         keep_resp: 52,
@@ -544,6 +584,11 @@ fn check_capture(name: &str) {
     assert_eq!(
         a.retransmitted_frames, e.retransmitted_frames,
         "{name}: retransmitted frames"
+    );
+    assert_eq!(
+        (a.split_messages, a.shared_segments),
+        (e.split_messages, e.shared_segments),
+        "{name}: messages split over / sharing TCP segments"
     );
     assert_eq!(a.handshakes.len(), e.handshakes, "{name}: handshakes");
     for hs in &a.handshakes {
