@@ -50,6 +50,10 @@ macro_rules! o2dl_errors {
             pub const fn message(self) -> &'static str {
                 match self { $( Error::$variant => $msg, )* }
             }
+            /// The message with a trailing NUL, for the C error table.
+            pub const fn message_with_nul(self) -> &'static str {
+                match self { $( Error::$variant => concat!($msg, "\0"), )* }
+            }
             /// The C macro name (`O2DLM_ET_...`).
             pub const fn symbol(self) -> &'static str {
                 match self { $( Error::$variant => stringify!($sym), )* }

@@ -7,17 +7,31 @@
 //! `net`, ...): state machines fed with events that return actions; the
 //! threads, sockets, disk and clocks live in `driver`.
 
+/// cbindgen:ignore
 pub mod api;
+/// cbindgen:ignore
 pub mod cli;
+/// cbindgen:ignore
 pub mod config;
+/// cbindgen:ignore
+pub mod dlm;
+/// cbindgen:ignore
 mod dlmfs;
+/// cbindgen:ignore
 pub mod driver;
+/// cbindgen:ignore
 mod engine;
+/// cbindgen:ignore
 pub mod error;
-mod ffi;
+/// The C ABI; the only module cbindgen reads.
+pub mod ffi;
+/// cbindgen:ignore
 pub mod heartbeat;
+/// cbindgen:ignore
 pub mod logging;
+/// cbindgen:ignore
 pub mod net;
+/// cbindgen:ignore
 pub mod wire;
 
 pub use error::{Error, Result};

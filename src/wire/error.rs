@@ -6,15 +6,31 @@ use std::fmt;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum WireError {
     /// Fewer bytes than the format needs.
-    Short { what: &'static str, need: usize, have: usize },
+    Short {
+        what: &'static str,
+        need: usize,
+        have: usize,
+    },
     /// A magic number outside the accepted set.
     BadMagic { what: &'static str, magic: u32 },
     /// A length field above what the format allows.
-    TooLong { what: &'static str, len: usize, max: usize },
+    TooLong {
+        what: &'static str,
+        len: usize,
+        max: usize,
+    },
     /// A field whose value the format does not allow.
-    BadField { what: &'static str, field: &'static str, value: u64 },
+    BadField {
+        what: &'static str,
+        field: &'static str,
+        value: u64,
+    },
     /// A checksum that does not match the contents.
-    BadChecksum { what: &'static str, stored: u32, computed: u32 },
+    BadChecksum {
+        what: &'static str,
+        stored: u32,
+        computed: u32,
+    },
 }
 
 impl fmt::Display for WireError {
@@ -30,8 +46,15 @@ impl fmt::Display for WireError {
             WireError::BadField { what, field, value } => {
                 write!(f, "{what}: bad {field} {value:#x}")
             }
-            WireError::BadChecksum { what, stored, computed } => {
-                write!(f, "{what}: checksum {stored:#010x} != computed {computed:#010x}")
+            WireError::BadChecksum {
+                what,
+                stored,
+                computed,
+            } => {
+                write!(
+                    f,
+                    "{what}: checksum {stored:#010x} != computed {computed:#010x}"
+                )
             }
         }
     }
