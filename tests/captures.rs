@@ -18,6 +18,9 @@ use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use support::pcap;
 
+/// crc32_le(0, "testdomain"): the o2net key of the captures' domain.
+const TESTDOMAIN_KEY: u32 = 0xC5C5_3CEA;
+
 /// Every node in the captures listens on this port.
 const O2NET_PORT: u16 = 7777;
 
@@ -155,6 +158,13 @@ fn analyse(name: &str) -> Analysis {
                             dlm.encode(),
                             msg.payload,
                             "{name}: frame {frame}: {dlm:?} re-encodes differently"
+                        );
+                        // The decoded message alone (plus msg_num) rebuilds
+                        // the captured frame, key choice included.
+                        assert_eq!(
+                            dlm.to_frame(TESTDOMAIN_KEY, hdr.msg_num),
+                            data[off..off + total],
+                            "{name}: frame {frame}: rebuilt frame differs"
                         );
                         a.dlm.push(dlm);
                         a.msgs.push(msg);

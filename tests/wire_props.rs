@@ -405,6 +405,12 @@ proptest! {
         let b = m.encode();
         prop_assert!(b.len() <= registered_max_len(m.msg_type()).unwrap_or(0));
         prop_assert!(b.len() <= MAX_PAYLOAD);
+        let frame = m.to_frame(0xC5C5_3CEA, 9);
+        let (h, total) = peek_frame(&frame).unwrap().unwrap();
+        prop_assert_eq!(total, frame.len());
+        prop_assert_eq!(usize::from(h.data_len), b.len());
+        prop_assert_eq!(h.key == DLM_MOD_KEY, m.uses_mod_key());
+        prop_assert_eq!(&frame[HEADER_LEN..], &b[..]);
         prop_assert_eq!(DlmMessage::decode(m.msg_type(), &b), Ok(m));
     }
 
