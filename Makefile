@@ -14,7 +14,7 @@ BUILD_DIR := $(TARGET_DIR)/$(PROFILE)
 # A staged install used by the C and Python tests.
 STAGE := $(abspath $(TARGET_DIR))/stage
 
-.PHONY: all build install stage header test test-deps test-rust test-c test-python clean
+.PHONY: demo all build install stage header test test-deps test-rust test-c test-python clean
 
 all: build
 
@@ -60,3 +60,7 @@ test-c: stage
 
 test-python: stage
 	O2DLM_LIB=$(STAGE)/usr/local/lib/libo2dlm.so.1 python3 -m pytest -q python-tests
+
+# The README's main command.
+demo:
+	./tools/demo.sh

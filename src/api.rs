@@ -130,6 +130,9 @@ pub(crate) trait Backend: Send + Sync {
         flags: LockFlags,
         bast: BastCallback,
     ) -> Result<RawFd>;
+    /// Ok when BASTs can be delivered; the original's errors otherwise
+    /// (SERVICE_UNAVAILABLE, BAST_UNSUPPORTED).
+    fn check_bast_support(&self) -> Result<()>;
     fn process_bast(&self, poll_fd: RawFd);
     fn unlock(&self, id: &LockId) -> Result<()>;
     fn drop_lock(&self, id: &LockId) -> Result<()>;
@@ -231,6 +234,8 @@ impl Context {
         level: i32,
         bast: BastCallback,
     ) -> Result<RawFd> {
+        // The original checks BAST support before the lock arguments.
+        self.backend.check_bast_support()?;
         let (id, level, flags) = check_lock_args(id, flags, level)?;
         self.backend.lock_with_bast(&id, level, flags, bast)
     }

@@ -248,14 +248,6 @@ impl DlmfsBackend {
         }
     }
 
-    fn bast_supported(&self) -> Result<bool> {
-        if let Some(v) = self.supports_bast.get() {
-            return Ok(*v);
-        }
-        let v = capability("bast")?;
-        Ok(*self.supports_bast.get_or_init(|| v))
-    }
-
     /// Runs `f` on the fd of a held lock, under the context mutex so the fd
     /// cannot be closed (and its number reused) meanwhile.
     fn with_held_fd<T>(&self, id: &LockId, f: impl FnOnce(RawFd) -> Result<T>) -> Result<T> {
@@ -287,12 +279,20 @@ impl Backend for DlmfsBackend {
         flags: LockFlags,
         bast: BastCallback,
     ) -> Result<RawFd> {
-        if !self.bast_supported()? {
-            return Err(Error::BastUnsupported);
-        }
+        self.check_bast_support()?;
         let fd = self.take_lock(id, level, flags)?;
         self.state().basts.insert(fd, bast);
         Ok(fd)
+    }
+
+    fn check_bast_support(&self) -> Result<()> {
+        // Cached per context like the original: one read of the file.
+        let supported = *self.supports_bast.get_or_try_init(|| capability("bast"))?;
+        if supported {
+            Ok(())
+        } else {
+            Err(Error::BastUnsupported)
+        }
     }
 
     fn process_bast(&self, poll_fd: RawFd) {

@@ -14,6 +14,8 @@ pub mod cli;
 /// cbindgen:ignore
 pub mod config;
 /// cbindgen:ignore
+pub mod dlm;
+/// cbindgen:ignore
 mod dlmfs;
 /// cbindgen:ignore
 pub mod driver;

@@ -3,13 +3,14 @@
 //! The DLM on top of heartbeat and o2net is not built yet; until it is,
 //! choosing the engine fails cleanly with SERVICE_UNAVAILABLE.
 
+pub mod bast;
+
 use crate::api::Backend;
 use crate::error::{Error, Result};
 
 /// True when the environment configures an engine node.
 pub fn is_configured() -> bool {
-    std::env::var_os("O2DLM_HEARTBEAT_DEVICE").is_some()
-        || std::env::var_os("O2DLM_CLUSTER_CONF").is_some()
+    crate::config::engine_configured()
 }
 
 /// Joins `domain` as an engine node.

@@ -173,10 +173,11 @@ pub unsafe extern "C" fn o2dlm_lock_with_bast(
         code((|| {
             // SAFETY: argument contracts as documented above.
             let ctx = unsafe { context(ctxt) }?;
-            let id = unsafe { lock_id_arg(lockid) }?;
             let (Some(func), false) = (bast_func, poll_fd.is_null()) else {
                 return Err(Error::InvalidArgs);
             };
+            // SAFETY: as above.
+            let id = unsafe { lock_id_arg(lockid) }?;
             // The pointer travels as an integer so the closure is Send; it is
             // only ever handed back to the caller's own callback.
             let arg = bast_arg as usize;
