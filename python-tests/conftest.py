@@ -112,11 +112,25 @@ def fake_dlmfs(o2dlm_remote, fake_dlmfs_shim, tmp_path):
     return start
 
 
-@pytest.fixture
-def fake_ctx(fake_dlmfs):
-    """(FakeDlmfs, ctx): a context on domain "pytest" of a fake dlmfs."""
-    fake = fake_dlmfs()
+def _fake_ctx(fake_dlmfs, capabilities, tmp_path):
+    caps = tmp_path / "capabilities"
+    caps.write_text(capabilities)
+    # O2DLM_DLMFS_CAPABILITIES: the library's test hook for the sysfs file.
+    fake = fake_dlmfs({"O2DLM_DLMFS_CAPABILITIES": str(caps)})
     rc, ctx = fake.api.initialize(fake.root.encode(), b"pytest")
     assert rc == 0, f"o2dlm_initialize on the fake dlmfs: {rc}"
     assert ctx
     return fake, ctx
+
+
+@pytest.fixture
+def fake_ctx(fake_dlmfs, tmp_path):
+    """(FakeDlmfs, ctx): a context on domain "pytest" of a fake dlmfs whose
+    capabilities say "bast stackglue", as current kernels do."""
+    return _fake_ctx(fake_dlmfs, "bast stackglue\n", tmp_path)
+
+
+@pytest.fixture
+def fake_ctx_nobast(fake_dlmfs, tmp_path):
+    """Like fake_ctx, on a dlmfs without the bast capability."""
+    return _fake_ctx(fake_dlmfs, "stackglue\n", tmp_path)

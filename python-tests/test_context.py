@@ -219,18 +219,42 @@ def test_lock_with_bast_null_callback_or_fd(fake_ctx):
     assert fake.api.unlock(ctx, b"a") == E.UNKNOWN_LOCK
 
 
-def test_lock_with_bast_without_the_capability(fake_ctx):
-    fake, ctx = fake_ctx
+def test_lock_with_bast_without_the_capability(fake_ctx_nobast):
+    fake, ctx = fake_ctx_nobast
     assert fake.api.lock_with_bast(ctx, b"a") == (E.BAST_UNSUPPORTED, -12345)
     assert fake.api.unlock(ctx, b"a") == E.UNKNOWN_LOCK
+    assert len(fake.entries()) == 1
 
 
-def test_bast_registration_lifecycle(fake_dlmfs, tmp_path):
-    caps = tmp_path / "caps"
-    caps.write_text("bast stackglue\n")
-    fake = fake_dlmfs({"O2DLM_DLMFS_CAPABILITIES": str(caps)})
+def test_lock_with_bast_check_order(fake_ctx_nobast):
+    # As in the original: NULL callback/fd first, then BAST support, then
+    # the lock arguments. A NULL lock id is a NULL pointer: INVALID_ARGS
+    # first (the original reported BAST_UNSUPPORTED here).
+    fake, ctx = fake_ctx_nobast
+    assert fake.api.lock_with_bast(ctx, b".bad", 0x2, 9, null_func=True)[0] == E.INVALID_ARGS
+    assert fake.api.lock_with_bast(ctx, b".bad", 0x2, 9, null_fd=True)[0] == E.INVALID_ARGS
+    assert fake.api.lock_with_bast(ctx, None, 0, PR)[0] == E.INVALID_ARGS
+    assert fake.api.lock_with_bast(ctx, b".bad", 0x2, 9)[0] == E.BAST_UNSUPPORTED
+    assert fake.api.lock_with_bast(ctx, b"ok", 0, 9)[0] == E.BAST_UNSUPPORTED
+    assert fake.api.lock_with_bast(ctx, b"ok", 0x2, PR)[0] == E.BAST_UNSUPPORTED
+
+
+def test_lock_with_bast_without_capabilities_file(fake_dlmfs, tmp_path):
+    fake = fake_dlmfs({"O2DLM_DLMFS_CAPABILITIES": str(tmp_path / "absent")})
     rc, ctx = fake.api.initialize(fake.root.encode(), b"pytest")
     assert rc == 0
+    assert fake.api.lock_with_bast(ctx, b"a") == (E.BAST_UNSUPPORTED, -12345)
+
+
+def test_lock_with_bast_unreadable_capabilities(fake_dlmfs, tmp_path):
+    fake = fake_dlmfs({"O2DLM_DLMFS_CAPABILITIES": str(tmp_path)})
+    rc, ctx = fake.api.initialize(fake.root.encode(), b"pytest")
+    assert rc == 0
+    assert fake.api.lock_with_bast(ctx, b"a") == (E.SERVICE_UNAVAILABLE, -12345)
+
+
+def test_bast_registration_lifecycle(fake_ctx):
+    fake, ctx = fake_ctx
     rc, fd = fake.api.lock_with_bast(ctx, b"a", 0, EX)
     assert rc == 0 and fd >= 0 and fake.api.fd_is_open(fd)
     assert fake.api.lock_with_bast(ctx, b"a", 0, EX)[0] == E.RECURSIVE_LOCK
