@@ -74,6 +74,10 @@ build api_use.real "api_use.c against the ocfs2-tools header"
 build api_use.ours "the same api_use.c, unchanged, against our header (pkg-config)"
 build api_use.static "api_use.c statically linked with our libo2dlm.a"
 build preload_probe "preload_probe.c against the library made from libo2dlm.a"
+build c89_use.real "strict C89 client against the ocfs2-tools header"
+build c89_use.ours "strict C89 client against our header"
+build cxx_use.real "C++ client against the ocfs2-tools header"
+build cxx_use.ours "C++ client against our header"
 
 # --- headers and library files ----------------------------------------------
 header_of() {  # the o2dlm.h a build included, from its -MD file
@@ -101,6 +105,20 @@ if [ -s "$scratch/macros.real" ] && diff -q "$scratch/macros.real" "$scratch/mac
 else
     mapfile -t d < <(diff "$scratch/macros.real" "$scratch/macros.ours")
     fail "public macro names (< ocfs2-tools, > ours)" "${d[@]}"
+fi
+
+prototypes() {  # every function the o2dlm headers declare, as gcc normalises it
+    echo '#include <o2dlm/o2dlm.h>' >"$scratch/aux.c"
+    gcc "$@" -aux-info "$scratch/aux.out" -c "$scratch/aux.c" -o /dev/null &&
+        grep '/o2dlm/' "$scratch/aux.out" | sed 's|^/\*[^*]*\*/ ||' | sort
+}
+prototypes >"$scratch/protos.real"
+prototypes $(pkg-config --cflags o2dlm) >"$scratch/protos.ours"
+if [ -s "$scratch/protos.real" ] && diff "$scratch/protos.real" "$scratch/protos.ours" >"$scratch/protos.diff"; then
+    pass "our headers declare exactly the ocfs2-tools functions, with identical prototypes ($(wc -l <"$scratch/protos.real"))"
+else
+    mapfile -t d <"$scratch/protos.diff"
+    fail "function declarations (< ocfs2-tools, > ours)" "${d[@]}"
 fi
 
 exported() { nm -D --defined-only "$1" | awk '$2 ~ /^[TDBR]$/ {print $3}' | sort; }
@@ -193,6 +211,16 @@ if [ -x "$OUT/api_use.static" ] && ! readelf -d "$OUT/api_use.static" | grep -q 
 else
     fail "api_use.static" "missing, or dynamically linked to libo2dlm"
 fi
+
+for p in c89_use cxx_use; do
+    for v in real ours; do
+        if run_prog "$p.$v" "$scratch/$p.$v"; then
+            pass "$p.$v runs: $(cat "$scratch/$p.$v")"
+        else
+            fail "$p.$v" "$(cat "$scratch/$p.$v" "$scratch/$p.$v.err" 2>/dev/null | head -5)"
+        fi
+    done
+done
 
 # --- LD_PRELOAD drop-in ---------------------------------------------------------
 probe=$OUT/preload_probe
