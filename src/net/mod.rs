@@ -187,6 +187,8 @@ pub enum SendError {
     UnknownNode(u8),
     /// Persistent "not connected" (-ENOTCONN).
     NotConnected,
+    /// The o2net driver is not running (the kernel's -ESRCH).
+    Stopped,
 }
 
 impl SendError {
@@ -195,6 +197,7 @@ impl SendError {
             SendError::ToSelf => -libc::ELOOP,
             SendError::TooLong(_) | SendError::UnknownNode(_) => -libc::EINVAL,
             SendError::NotConnected => -libc::ENOTCONN,
+            SendError::Stopped => -libc::ESRCH,
         }
     }
 }
@@ -206,6 +209,7 @@ impl fmt::Display for SendError {
             SendError::TooLong(n) => write!(f, "payload of {n} bytes exceeds {MAX_PAYLOAD}"),
             SendError::UnknownNode(n) => write!(f, "node {n} is not configured"),
             SendError::NotConnected => write!(f, "not connected"),
+            SendError::Stopped => write!(f, "o2net is not running"),
         }
     }
 }
@@ -221,6 +225,8 @@ pub enum RegisterError {
     ZeroType,
     /// max_len above 4072.
     TooLong(u32),
+    /// The o2net driver is not running.
+    Stopped,
 }
 
 impl fmt::Display for RegisterError {
@@ -229,6 +235,7 @@ impl fmt::Display for RegisterError {
             RegisterError::Exists => write!(f, "a handler for this type and key exists"),
             RegisterError::ZeroType => write!(f, "message type 0 is invalid"),
             RegisterError::TooLong(n) => write!(f, "max length {n} exceeds {MAX_PAYLOAD}"),
+            RegisterError::Stopped => write!(f, "o2net is not running"),
         }
     }
 }

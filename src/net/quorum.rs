@@ -66,7 +66,7 @@ pub fn decide(
     let lowest_reachable = lowest.is_some_and(|n| connected.contains(&n));
     let (needed, fence) = if h % 2 == 1 {
         // Odd: a strict majority is needed.
-        let q = (h + 1) / 2;
+        let q = h.div_ceil(2);
         (q, c < q)
     } else {
         // Even: half is enough only for the half holding the lowest node,
