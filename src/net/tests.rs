@@ -272,6 +272,7 @@ fn keepalives_flow_and_link_stays_up() {
         .iter()
         .all(|r| r.data == MsgHeader::keepalive_request().encode()));
     assert!(reqs.iter().any(|r| r.from == 0) && reqs.iter().any(|r| r.from == 1));
+    assert!(reqs.iter().chain(&resps).all(|r| r.to == 1 - r.from));
     // Consecutive requests from one side are about one delay apart.
     let from1: Vec<Duration> = reqs.iter().filter(|r| r.from == 1).map(|r| r.at).collect();
     for w in from1.windows(2) {
