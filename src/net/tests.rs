@@ -538,6 +538,11 @@ fn handshake_mismatch_is_refused_both_ways() {
     s.input(1, Input::NodeDown(0));
     s.input(1, Input::NodeUp(0));
     assert_eq!(s.connects.len(), 3);
+    // A link that never was valid is no quorum matter: nobody fences,
+    // however long the refusals go on.
+    s.run_for(ms(120_000));
+    assert!(s.link_ups().is_empty());
+    assert_eq!(s.count(|_, e| matches!(e, NetEvent::Fence(_))), 0);
 }
 
 #[test]
