@@ -274,9 +274,11 @@ fn three_nodes_links_keepalives_and_death() {
             taken.as_secs_f64(),
             allowed.as_secs_f64()
         );
-        // Not before the threshold of unchanged samples could elapse.
+        // Not before the threshold of unchanged samples could elapse (the
+        // kill may fall up to one period after the last write; 1 s slack
+        // for timer jitter).
         assert!(
-            taken >= Duration::from_millis((THRESHOLD - 1) * PERIOD_MS),
+            taken >= Duration::from_millis((THRESHOLD - 1) * PERIOD_MS - 1000),
             "{}: declared dead too early ({taken:?})",
             p.name
         );
