@@ -238,6 +238,7 @@ impl Dlm {
             return;
         }
         let ready = r.owner.is_some()
+            && r.mastery.is_none()
             && !r.migrating
             && !r.recovering
             && r.drop == super::domain::DropState::None

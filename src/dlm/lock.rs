@@ -89,6 +89,7 @@ impl Dlm {
             return;
         };
         let ready = r.owner.is_some()
+            && r.mastery.is_none()
             && !r.migrating
             && !r.recovering
             && r.drop == DropState::None

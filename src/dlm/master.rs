@@ -652,7 +652,6 @@ impl Dlm {
                 ret |= DLM_ASSERT_RESPONSE_REASSERT;
             }
         }
-        let mut finished_source = false;
         if let Some(r) = d.resources.get_mut(&name) {
             let new_owner = match &mle {
                 Some(x) if x.kind == MleKind::Migration => x.new_master.unwrap_or(master),
@@ -667,20 +666,22 @@ impl Dlm {
             if let Some(ms) = r.mig_source.as_mut() {
                 if ms.target == new_owner {
                     ms.finished = true;
-                    finished_source = true;
                 }
             }
             if mle.is_some() {
                 ret |= DLM_ASSERT_RESPONSE_MASTERY_REF;
             }
         }
-        if finished_source {
-            self.migration_source_step(now, key, name);
-        }
+        debug_assert!(ret >= 0);
+        let _ = now;
+        ret
+    }
+
+    /// Work an ASSERT_MASTER unblocked, done after its reply is queued.
+    pub(crate) fn after_assert_master(&mut self, now: Instant, key: u32, name: LockName) {
+        self.migration_source_step(now, key, name);
         self.mastery_step(now, key, name);
         self.kick_resource(now, key, name);
-        debug_assert!(ret >= 0);
-        ret
     }
 
     pub(crate) fn handle_master_requery(

@@ -527,7 +527,15 @@ impl Dlm {
                 self.handle_master_request(now, key, from, &m, token);
                 None
             }
-            DlmMessage::AssertMaster(m) => Some(self.handle_assert_master(now, key, from, &m)),
+            DlmMessage::AssertMaster(m) => {
+                // The reply goes first; what the new owner unblocks (our
+                // extra MASTER_REQUEST, waiting operations) follows it, as
+                // from the kernel's waiting thread.
+                let s = self.handle_assert_master(now, key, from, &m);
+                self.reply(token, from, s);
+                self.after_assert_master(now, key, m.name);
+                None
+            }
             DlmMessage::CreateLock(m) => {
                 self.handle_create(now, key, from, &m, token);
                 None
