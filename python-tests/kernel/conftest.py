@@ -129,10 +129,11 @@ def dlmfs_check_bins(tmp_path_factory) -> Dict[str, Union[Path, str]]:
 # guests
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def kernel_cluster(tmp_path_factory, dlmfs_check_bins):
-    """Two kernel nodes (0 and 1), dlmfs on /dlm in both, booted once per
-    session, with /bin/dlmfs_check-<build> in each guest."""
+    """Two kernel nodes (0 and 1), dlmfs on /dlm in both, with
+    /bin/dlmfs_check-<build> in each guest. Module scope: one boot for the
+    dlmfs module (the only user), and never two clusters at once."""
     extra = {f"bin/dlmfs_check-{b}": p for b, p in dlmfs_check_bins.items() if isinstance(p, Path)}
     state = tmp_path_factory.mktemp("cluster")
     cluster = kvm.boot_cluster(state, n=2, seed="cluster", extra_files=extra)

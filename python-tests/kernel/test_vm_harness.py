@@ -17,6 +17,8 @@ import zlib
 
 import pytest
 
+import vm as kvm
+
 pytestmark = pytest.mark.kernel
 
 
@@ -124,3 +126,54 @@ def test_single_vm_facts(single_vm):
         hb.halt.set()
         hb.join(10)
     assert "Accepted connection from node host1 (num 1)" in vm.dmesg()
+
+
+def handshake(addr, timeout: float = 15) -> socket.socket:
+    """Connect as the host node and echo the kernel's handshake back."""
+    s = socket.create_connection(addr, timeout=timeout)
+    got = b""
+    while len(got) < 32:
+        chunk = s.recv(32 - len(got))
+        assert chunk, f"{addr} closed after {got!r}"
+        got += chunk
+    s.sendall(got)
+    return s
+
+
+def test_cluster_with_host_node(tmp_path):
+    """Cluster mode with a host node: both kernel nodes accept it."""
+    cluster = kvm.boot_cluster(tmp_path, n=2, seed="hostnode", host_node=True)
+    try:
+        facts = cluster.facts
+        assert facts.host_num == 2 and facts.hb_offset(2) == 1536
+        assert sorted(facts.o2net_connect_to) == [0, 1]
+        # the kernel nodes are connected to each other, not yet to the host
+        for i in (0, 1):
+            table = cluster[i].run("ls /sys/kernel/config/cluster/o2kvm/node").stdout.split()
+            assert table == ["host2", "kvm0", "kvm1"]
+        hb = HostHeartbeat(facts, 2)
+        hb.start()
+        socks = []
+        try:
+            for i in (0, 1):
+                deadline = time.monotonic() + 30
+                while "2" not in cluster[i].run("cat /sys/kernel/debug/o2hb/livenodes").stdout.split():
+                    assert time.monotonic() < deadline, f"node {i} never saw node 2 heartbeat"
+                    time.sleep(0.5)
+            for i in (0, 1):
+                socks.append(handshake(facts.o2net_connect_to[i]))
+            for i in (0, 1):
+                deadline = time.monotonic() + 15
+                while True:
+                    have = cluster[i].run("cat /sys/kernel/debug/o2net/connected_nodes").stdout.split()
+                    if sorted(have) == sorted({"0", "1", "2"} - {str(i)}):
+                        break
+                    assert time.monotonic() < deadline, f"node {i} connected to {have}"
+                    time.sleep(0.3)
+        finally:
+            for s in socks:
+                s.close()
+            hb.halt.set()
+            hb.join(10)
+    finally:
+        cluster.kill()
