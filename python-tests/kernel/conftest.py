@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import subprocess
 import sys
@@ -57,8 +58,11 @@ def pytest_runtest_makereport(item, call):
             text = guest.dmesg()
         except Exception as e:  # a log must never hide the real failure
             text = f"(no log: {e})"
-        lines = text.splitlines()[-120:]
-        rep.sections.append((f"dmesg {guest.name}", "\n".join(lines)))
+        # the cluster stack's lines, then the tail (whatever it is)
+        lines = text.splitlines()
+        stack = [x for x in lines if re.search(r"o2|ocfs2|dlm|OCFS2|O2T", x)][-150:]
+        tail = lines[-40:]
+        rep.sections.append((f"dmesg {guest.name}", "\n".join(stack + ["-- last lines --"] + tail)))
 
 
 # --------------------------------------------------------------------------

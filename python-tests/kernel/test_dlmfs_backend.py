@@ -16,6 +16,7 @@ aside). Set O2DLM_KVM_TRANSCRIPTS=DIR to keep every transcript there.
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
 import shlex
@@ -355,7 +356,11 @@ def outcome(kernel_cluster, dlmfs_check_bins, build):
         mine = get(scenario)
         if build != "real":
             ref = get(scenario, "real")
-            assert mine.transcript() == ref.transcript(), f"{build} differs from the real libo2dlm"
+            if mine.transcript() != ref.transcript():
+                diff = difflib.unified_diff(
+                    ref.transcript().splitlines(), mine.transcript().splitlines(), "real", build, lineterm="", n=2
+                )
+                pytest.fail(f"{build} differs from the real libo2dlm:\n" + "\n".join(diff), pytrace=False)
         return mine
 
     return check

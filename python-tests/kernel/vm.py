@@ -529,6 +529,11 @@ class ClusterFacts:
         """Byte offset of node ``num``'s heartbeat block in the hb file."""
         return (self.start_block + num) * self.block_bytes
 
+    def write_env(self, path: Path) -> Path:
+        """KEY=VALUE lines of ``as_env()``, for programs that are not Python."""
+        path.write_text("".join(f"{k}={shlex.quote(v)}\n" for k, v in sorted(self.as_env().items())))
+        return path
+
     def node(self, num: int) -> NodeInfo:
         for n in self.nodes:
             if n.num == num:
@@ -1007,6 +1012,7 @@ def boot_single_vm(
         except BaseException:
             vm.kill()
             raise
+        facts.write_env(state / "facts.env")
         _log(f"single VM ready in {secs:.1f} s (agent 127.0.0.1:{vm.agent_port}, o2net 127.0.0.1:{fwd_port})")
         return SingleVM(vm, facts, ports)
     except BaseException:
@@ -1120,6 +1126,7 @@ def boot_cluster(
             secs = vm.wait_ready()
             _log(f"{vm.name} ready in {secs:.1f} s (agent 127.0.0.1:{vm.agent_port})")
         _wait_connected(vms, kernel_nodes, connect_timeout)
+        facts.write_env(state / "facts.env")
         return KernelCluster(vms, facts, ports)
     except BaseException:
         for vm in vms:
