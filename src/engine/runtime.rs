@@ -129,7 +129,7 @@ impl Runtime {
         })?;
         let net = node.net().ok_or(Error::ServiceUnavailable)?;
         let nodes = cfg
-            .nodes
+            .advertised
             .iter()
             .map(|n| NodeInfo {
                 num: n.number,
