@@ -273,6 +273,21 @@ impl Context {
     }
 }
 
+/// `o2dlm_supports_bast` / `_stackglue`: what dlmfs publishes; without
+/// dlmfs, BASTs are supported when the engine would serve this process.
+pub fn supports(capability: &str) -> Result<bool> {
+    crate::logging::init_from_env();
+    if let Some(v) = crate::dlmfs::capability_file(capability)? {
+        return Ok(v);
+    }
+    let engine = match BackendChoice::from_env() {
+        Ok(BackendChoice::Engine) => true,
+        Ok(BackendChoice::Auto) => crate::engine::is_configured(),
+        Ok(BackendChoice::Dlmfs) | Err(_) => false,
+    };
+    Ok(engine && capability == "bast")
+}
+
 fn dlmfs_backend(path: Option<&Path>, domain: &[u8]) -> Result<crate::dlmfs::DlmfsBackend> {
     match path {
         Some(p) => crate::dlmfs::DlmfsBackend::initialize(p, domain),
