@@ -1,0 +1,375 @@
+"""Our engine's o2hb and o2net against a real Linux kernel (issue 3 item 6).
+
+One qemu VM (``vm.boot_single_vm``) is kernel node 0 of a two-node cluster;
+node 1 is our ``o2dlm node`` process on the host (see engine_node.py for
+the addresses each side uses). Our node's o2net connection goes through
+``engine_node.O2netTap``, a relay that decodes the frames in both
+directions, so the keepalive checks do not rely on our own log text.
+
+Timeouts (VM facts, mirrored into our environment): dead threshold 7
+(14 s), idle 10 s, keepalive 1 s, reconnect 2 s (our configuration refuses
+less than 2000 ms, o2cb's minimum, so the VM is booted with 2000).
+
+Every test reports the time it allowed and took for each wait.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import time
+from pathlib import Path
+from typing import Callable, Optional, TypeVar
+
+import pytest
+
+import engine_node as en
+import vm as kvm
+
+pytestmark = pytest.mark.kernel
+
+T = TypeVar("T")
+
+# Host ports: blocks of 32 in 30000-39999, away from the other kernel tests.
+PORT_BASES = range(30016, 39999, 32)
+TAP_OFFSET = 2  # unused by boot_single_vm when the guest is the lower node
+OWN_OFFSET = 3
+
+# Our node's output (src/cli/node.rs on branch net); kept loose on purpose.
+LINK_UP_RE = r"(?im)^.*\blink\b.*\bup\b.*$"
+LINK_DOWN_RE = r"(?im)^.*\blink\b.*\bdown\b.*$"
+NODE_UP_RE = r"(?im)^.*\bnode\b.*\b0\b.*\bup\b.*$|^.*\bnode\b.*\bup\b.*\b0\b.*$"
+KEEPALIVE_LOG_RE = re.compile(r"(?i)keep-?alive")
+FENCE_RE = re.compile(r"(?i)fencing this system|very sorry to be fencing|o2quo.*fenc")
+
+
+# --------------------------------------------------------------------------
+# fixtures
+
+
+@pytest.fixture(scope="module")
+def report(request):
+    """Writes a line to the terminal even while output is captured."""
+    tr = request.config.pluginmanager.getplugin("terminalreporter")
+    cm = request.config.pluginmanager.getplugin("capturemanager")
+
+    def say(msg: str) -> None:
+        line = f"[engine-layers] {msg}"
+        if tr is None or cm is None:
+            print(line)
+            return
+        with cm.global_and_fixture_disabled():
+            tr.write_line(line)
+
+    return say
+
+
+def _boot(state: Path) -> kvm.SingleVM:
+    """boot_single_vm on a free port block in 3xxxx (O2DLM_KVM_PORT_BASE
+    forces the harness's choice; vm.PORT_RANGE itself is 2xxxx)."""
+    saved = os.environ.get("O2DLM_KVM_PORT_BASE")
+    start = (os.getpid() * 7) % len(PORT_BASES)
+    order = list(PORT_BASES[start:]) + list(PORT_BASES[:start])
+    try:
+        for base in order[:40]:
+            os.environ["O2DLM_KVM_PORT_BASE"] = str(base)
+            try:
+                return kvm.boot_single_vm(state, seed="engine-layers", reconnect_delay_ms=2000)
+            except kvm.KvmError as e:
+                if str(e).startswith("no free block"):
+                    continue
+                raise
+        raise kvm.KvmError("no free port block in 30000-39999")
+    finally:
+        if saved is None:
+            os.environ.pop("O2DLM_KVM_PORT_BASE", None)
+        else:
+            os.environ["O2DLM_KVM_PORT_BASE"] = saved
+
+
+class Rig:
+    """The VM, the tap in front of its o2net port, and at most one running
+    ``o2dlm node`` of ours."""
+
+    def __init__(self, single: kvm.SingleVM, workdir: Path, say: Callable[[str], None]) -> None:
+        self.single = single
+        self.vm = single.vm
+        self.facts = single.facts
+        self.workdir = workdir
+        self.say = say
+        base = self.facts.o2net_connect_to[1] - kvm.PORT_O2NET
+        self.tap = en.O2netTap(self.facts.o2net_connect_to, base + TAP_OFFSET)
+        self.own_port = base + OWN_OFFSET
+        self.node: Optional[en.EngineNode] = None
+        self.runs = 0
+
+    def ensure_node(self) -> en.EngineNode:
+        """A running node of ours that the kernel lists live and whose link
+        the kernel accepted (started if needed)."""
+        if self.node is not None and self.node.alive():
+            return self.node
+        self.runs += 1
+        node = en.EngineNode(
+            self.facts, self.workdir, ("127.0.0.1", self.tap.port), self.own_port, tag=f"node{self.runs}"
+        )
+        node.start()
+        self.node = node
+        t0 = time.monotonic()
+        wait_until(lambda: 1 in live_nodes(self.vm), 30, "kernel lists node 1 live")
+        self.say(f"run {self.runs}: kernel lists node 1 live {time.monotonic() - t0:.1f} s after start")
+        wait_until(lambda: 1 in connected_nodes(self.vm), 30, "kernel o2net connected to node 1")
+        self.say(f"run {self.runs}: kernel o2net connected to node 1 {time.monotonic() - t0:.1f} s after start")
+        return node
+
+    def close(self) -> None:
+        if self.node is not None:
+            self.node.stop()
+        self.tap.close()
+
+
+@pytest.fixture(scope="module")
+def rig(tmp_path_factory, report):
+    en.o2dlm_binary()  # build before the boot clock starts
+    state = tmp_path_factory.mktemp("engine-layers")
+    t0 = time.monotonic()
+    single = _boot(state)
+    report(f"VM booted in {time.monotonic() - t0:.1f} s; o2net fwd {single.facts.o2net_connect_to}")
+    r = Rig(single, state / "host", report)
+    try:
+        yield r
+    finally:
+        r.close()
+        single.stop()
+
+
+# --------------------------------------------------------------------------
+# helpers
+
+
+def wait_until(pred: Callable[[], T], timeout: float, what: str, interval: float = 0.3) -> T:
+    deadline = time.monotonic() + timeout
+    while True:
+        v = pred()
+        if v:
+            return v
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {timeout:.0f} s: {what}")
+        time.sleep(interval)
+
+
+def live_nodes(vm: kvm.GuestVM):
+    return en.guest_nums(vm, "/sys/kernel/debug/o2hb/livenodes")
+
+
+def connected_nodes(vm: kvm.GuestVM):
+    return en.guest_nums(vm, "/sys/kernel/debug/o2net/connected_nodes")
+
+
+class Timer:
+    """Reports '<what>: took X s (allowed Y s)' and fails past the allowance."""
+
+    def __init__(self, say: Callable[[str], None], what: str, allowed: float) -> None:
+        self.say, self.what, self.allowed = say, what, allowed
+
+    def __enter__(self) -> "Timer":
+        self.t0 = time.monotonic()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        took = time.monotonic() - self.t0
+        self.say(f"{self.what}: took {took:.1f} s (allowed {self.allowed:.0f} s){' FAILED' if exc[0] else ''}")
+        if exc[0] is None:
+            assert took <= self.allowed, f"{self.what} took {took:.1f} s, allowed {self.allowed:.0f} s"
+
+
+def dmesg_after(vm: kvm.GuestVM, mark: int) -> str:
+    return vm.dmesg()[mark:]
+
+
+# --------------------------------------------------------------------------
+# 1. our heartbeat in the kernel's region
+
+
+def test_kernel_lists_our_node_live(rig, report):
+    with Timer(report, "test 1: start our node until the kernel lists node 1 live and connected", 60):
+        node = rig.ensure_node()
+    assert 1 in live_nodes(rig.vm) and 0 in live_nodes(rig.vm)
+    region = rig.facts.region
+    per_region = en.guest_nums(rig.vm, f"/sys/kernel/debug/o2hb/{region}/livenodes")
+    assert 1 in per_region, f"region {region} livenodes {per_region}"
+    # our block, decoded independently of our own code
+    slot = en.read_slot(rig.facts, 1)
+    assert slot.crc_ok, slot
+    assert slot.node == 1 and slot.generation != 0, slot
+    assert slot.dead_ms == rig.facts.dead_ms, slot
+    assert abs(slot.seq - time.time()) <= 2 * en.HB_PERIOD_S + 1, slot
+    # and the guest reads the same block from its disk
+    g = en.guest_slot(rig.vm, rig.facts, 1)
+    assert g.crc_ok and g.node == 1 and g.generation == slot.generation, (g, slot)
+    report(f"test 1: our block seq={slot.seq} generation={slot.generation:#x} dead_ms={slot.dead_ms}; "
+           f"kernel livenodes {live_nodes(rig.vm)}")
+    assert node.alive()
+
+
+# --------------------------------------------------------------------------
+# 2. the kernel's heartbeat, read by us
+
+
+def test_we_list_kernel_node_live(rig, report):
+    with Timer(report, "test 2: o2dlm heartbeat --once", 10):
+        rows = en.heartbeat_list(rig.facts, once=True)
+        g = en.guest_slot(rig.vm, rig.facts, 0)
+    assert 0 in rows, rows
+    k = rows[0]
+    assert k["crc_ok"] and k["live"], k["line"]
+    assert k["generation"] == g.generation != 0, (k["line"], g)
+    assert abs(k["seq"] - g.seq) <= 2 * en.HB_PERIOD_S, (k["line"], g)
+    assert 0 <= k["age"] <= 2 * en.HB_PERIOD_S + 2, k["line"]
+    # our independent decoder agrees with both
+    py = en.read_slot(rig.facts, 0)
+    assert py.crc_ok and py.node == 0 and py.generation == g.generation and py.dead_ms == rig.facts.dead_ms, py
+    report(f"test 2: kernel slot: ours '{k['line'].strip()}'; guest seq={g.seq} generation={g.generation:#x}")
+    # the two-sample mode (seq must move within a period) agrees
+    with Timer(report, "test 2: o2dlm heartbeat (two reads, one period apart)", 10):
+        rows2 = en.heartbeat_list(rig.facts, once=False)
+    assert rows2[0]["live"] and rows2[0]["crc_ok"], rows2[0]["line"]
+    assert rows2[0]["generation"] == g.generation
+
+
+# --------------------------------------------------------------------------
+# 3. our o2net link is accepted
+
+
+def test_kernel_accepts_our_link(rig, report):
+    with Timer(report, "test 3: our node running and linked", 60):
+        node = rig.ensure_node()
+    peer = rig.facts.node(1)
+    accepted = re.compile(
+        rf"o2net: Accepted connection from node {re.escape(peer.name)} \(num 1\) at {re.escape(peer.ip)}:{peer.port}"
+    )
+    with Timer(report, "test 3: kernel log 'Accepted connection'", 10):
+        wait_until(lambda: accepted.search(rig.vm.dmesg()), 10, "kernel logs Accepted connection from node 1")
+    assert connected_nodes(rig.vm) == [1]
+    with Timer(report, "test 3: our 'link up' line", 10):
+        m = node.wait_for(LINK_UP_RE, 10)
+    report(f"test 3: ours: {m.group(0).strip()}")
+    # the handshakes on the wire: same version and timeouts both ways
+    hs_out = rig.tap.frames_of("out", "handshake", node.started)
+    hs_in = rig.tap.frames_of("in", "handshake", node.started)
+    assert len(hs_out) == 1 and len(hs_in) == 1, (hs_out, hs_in)
+    f = rig.facts
+    want = (11, f.hb_timeout_ms, f.idle_timeout_ms, f.keepalive_delay_ms)
+    for h in (hs_out[0], hs_in[0]):
+        version, _connector, hb_ms, idle, keep, _reconnect = h.fields
+        assert (version, hb_ms, idle, keep) == want, h
+    report(f"test 3: handshakes ours {hs_out[0].fields} kernel {hs_in[0].fields}")
+    assert not rig.tap.frames_of("out", "bad") and not rig.tap.frames_of("in", "bad")
+
+
+# --------------------------------------------------------------------------
+# 4. keepalives both ways, link up past the idle timeout
+
+
+def test_keepalives_both_ways(rig, report):
+    node = rig.ensure_node()
+    f = rig.facts
+    log_mark = len(node.output())
+    dmesg_mark = len(rig.vm.dmesg())
+    t0 = time.monotonic()
+    window = f.idle_timeout_ms / 1000 + 3 * f.keepalive_delay_ms / 1000
+    with Timer(report, f"test 4: watch the link for {window:.0f} s (> idle timeout {f.idle_timeout_ms} ms)", window + 15):
+        time.sleep(window)
+        assert connected_nodes(rig.vm) == [1]
+    kinds = {(d, k): rig.tap.frames_of(d, k, t0) for d in ("out", "in") for k in ("keepalive_req", "keepalive_resp", "request", "status")}
+    counts = {f"{d}:{k}": len(v) for (d, k), v in kinds.items()}
+    report(f"test 4: frames in {window:.0f} s: {counts}")
+    periods = window / (f.keepalive_delay_ms / 1000)
+    for d in ("out", "in"):
+        for k in ("keepalive_req", "keepalive_resp"):
+            assert len(kinds[(d, k)]) >= periods / 4, f"too few {d} {k}: {counts}"
+    # every request of one side is answered by the other (the last may be in flight)
+    assert abs(len(kinds[("in", "keepalive_req")]) - len(kinds[("out", "keepalive_resp")])) <= 1, counts
+    assert abs(len(kinds[("out", "keepalive_req")]) - len(kinds[("in", "keepalive_resp")])) <= 1, counts
+    # no silence near the idle timeout in either direction
+    for d in ("out", "in"):
+        times = sorted(fr.t for fr in rig.tap.frames if fr.direction == d and fr.t >= t0)
+        gaps = [b - a for a, b in zip([t0] + times, times + [time.monotonic()])]
+        assert max(gaps) < f.idle_timeout_ms / 1000 / 2, f"{d}: longest silence {max(gaps):.1f} s"
+        report(f"test 4: longest silence {d} {max(gaps):.2f} s")
+    new_dmesg = rig.vm.dmesg()[dmesg_mark:]
+    assert "has been idle" not in new_dmesg and "No longer connected" not in new_dmesg, new_dmesg
+    ours = [l for l in node.output()[log_mark:].splitlines() if KEEPALIVE_LOG_RE.search(l)]
+    assert len(ours) >= 2, "no keepalive lines in our debug log"
+    report(f"test 4: {len(ours)} keepalive lines in our debug log, e.g. {ours[0].strip()!r}")
+    assert node.alive()
+
+
+# --------------------------------------------------------------------------
+# 5. our node stops: the kernel drops it and does not fence itself
+
+
+def _kernel_survives(rig, report, dmesg_mark: int) -> None:
+    assert rig.vm.alive(), "qemu exited: the kernel rebooted or panicked"
+    up = float(rig.vm.run("cut -d' ' -f1 /proc/uptime", timeout=20).check().stdout)
+    assert up > 10, f"guest uptime {up} s: it restarted"
+    text = rig.vm.dmesg()[dmesg_mark:]
+    assert not FENCE_RE.search(text), text
+    assert 0 in live_nodes(rig.vm)
+    report(f"test 5: kernel alive, uptime {up:.0f} s, no fencing")
+
+
+def test_clean_stop_sigterm(rig, report):
+    node = rig.ensure_node()
+    f = rig.facts
+    peer = f.node(1)
+    gen_before = en.read_slot(f, 1).generation
+    dmesg_mark = len(rig.vm.dmesg())
+    t0 = time.monotonic()
+    node.signal(signal.SIGTERM)
+    with Timer(report, "test 5 (SIGTERM): our process exits", 10):
+        rc = node.wait(10)
+    assert rc == 0, f"exit status {rc}:\n{node.output()[-3000:]}"
+    final = en.read_slot(f, 1)
+    assert final.crc_ok and final.node == 1 and final.generation == 0, final
+    report(f"test 5 (SIGTERM): final block seq={final.seq} generation=0 (was {gen_before:#x})")
+    gone = re.compile(rf"o2net: No longer connected to node {re.escape(peer.name)} \(num 1\)")
+    with Timer(report, "test 5 (SIGTERM): kernel logs the link down", 10):
+        wait_until(lambda: gone.search(rig.vm.dmesg()[dmesg_mark:]), 10, "kernel logs No longer connected")
+    # a generation-0 block is a death on the next sample: no threshold wait
+    with Timer(report, "test 5 (SIGTERM): kernel drops node 1", 3 * en.HB_PERIOD_S + 2):
+        wait_until(lambda: 1 not in live_nodes(rig.vm), 3 * en.HB_PERIOD_S + 2, "kernel drops node 1")
+    report(f"test 5 (SIGTERM): node 1 gone {time.monotonic() - t0:.1f} s after SIGTERM")
+    assert 1 not in connected_nodes(rig.vm)
+    assert re.search(LINK_DOWN_RE, node.output()) or "stop" in node.output().lower()
+    _kernel_survives(rig, report, dmesg_mark)
+
+
+def test_crash_sigkill(rig, report):
+    node = rig.ensure_node()
+    f = rig.facts
+    peer = f.node(1)
+    gen = en.read_slot(f, 1).generation
+    assert gen != 0
+    dmesg_mark = len(rig.vm.dmesg())
+    node.signal(signal.SIGKILL)
+    t0 = time.monotonic()
+    node.wait(5)
+    last = en.read_slot(f, 1)
+    assert last.generation == gen, f"SIGKILL must leave no final block: {last}"
+    gone = re.compile(rf"o2net: No longer connected to node {re.escape(peer.name)} \(num 1\)")
+    with Timer(report, "test 5 (SIGKILL): kernel logs the link down", 10):
+        wait_until(lambda: gone.search(rig.vm.dmesg()[dmesg_mark:]), 10, "kernel logs No longer connected")
+    # the block just stops changing: dead after dead_threshold unchanged samples
+    threshold_s = f.dead_threshold * en.HB_PERIOD_S
+    with Timer(report, f"test 5 (SIGKILL): kernel drops node 1 (threshold {threshold_s:.0f} s)", threshold_s + 3 * en.HB_PERIOD_S):
+        wait_until(lambda: 1 not in live_nodes(rig.vm), threshold_s + 3 * en.HB_PERIOD_S, "kernel drops node 1", interval=0.5)
+    took = time.monotonic() - t0
+    report(f"test 5 (SIGKILL): node 1 dropped {took:.1f} s after SIGKILL")
+    assert took >= threshold_s - 2 * en.HB_PERIOD_S, f"dropped after {took:.1f} s: before the threshold?"
+    # the link loss started the kernel's quorum timer; outlive it
+    quorum_s = (f.dead_threshold + 2) * en.HB_PERIOD_S
+    rest = t0 + quorum_s + 4 - time.monotonic()
+    if rest > 0:
+        time.sleep(rest)
+    _kernel_survives(rig, report, dmesg_mark)
