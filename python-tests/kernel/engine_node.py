@@ -271,7 +271,10 @@ class O2netTap:
     """Relays every connection on 127.0.0.1:<port> to ``upstream`` and
     records the o2net frames of both directions. An end-of-stream or error
     on one side is passed on to the other (half close, then close), so the
-    kernel sees our node's connection end as it would without the tap."""
+    kernel sees our node's connection end as it would without the tap.
+    ``in_delay`` adds latency to the kernel -> our node direction: the two
+    keepalive timers then fire in turn, so each side's keepalive requests
+    (and the other's answers) are exercised, not only the faster one's."""
 
     def __init__(self, upstream: Tuple[str, int], port: int) -> None:
         self.upstream = upstream
@@ -281,6 +284,8 @@ class O2netTap:
         self.lsock.listen(4)
         self.port = port
         self.frames: List[Frame] = []
+        # seconds to hold kernel -> our node bytes (latency on that path)
+        self.in_delay = 0.0
         self.events: List[Tuple[float, str]] = []
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -318,13 +323,28 @@ class O2netTap:
             down: (up, _StreamDecoder("out", self.frames, self._lock)),
             up: (down, _StreamDecoder("in", self.frames, self._lock)),
         }
+        # bytes waiting for their due time, per receiving socket; an end of
+        # stream is queued as b"" so that it follows the data before it
+        queues: Dict[socket.socket, List[Tuple[float, bytes]]] = {down: [], up: []}
         open_in = {down, up}
-        for s in (down, up):
-            s.settimeout(None)
-            s.setblocking(True)
         try:
-            while open_in and not self._stop.is_set():
-                ready, _, _ = select.select(list(open_in), [], [], 0.2)
+            while (open_in or queues[down] or queues[up]) and not self._stop.is_set():
+                now = time.monotonic()
+                for s, q in queues.items():
+                    other, dec = decoders[s]
+                    while q and q[0][0] <= now:
+                        _, data = q.pop(0)
+                        try:
+                            if data:
+                                other.sendall(data)
+                            else:
+                                other.shutdown(socket.SHUT_WR)
+                        except OSError as e:
+                            self._event(f"{dec.direction}: forwarding failed: {e}")
+                            return
+                due = [q[0][0] for q in queues.values() if q]
+                wait = min([0.2] + [max(0.0, d - now) for d in due])
+                ready, _, _ = select.select(list(open_in), [], [], wait)
                 for s in ready:
                     other, dec = decoders[s]
                     try:
@@ -335,17 +355,10 @@ class O2netTap:
                     if not data:
                         self._event(f"{dec.direction}: end of stream")
                         open_in.discard(s)
-                        try:
-                            other.shutdown(socket.SHUT_WR)
-                        except OSError:
-                            pass
-                        continue
-                    dec.feed(data)
-                    try:
-                        other.sendall(data)
-                    except OSError as e:
-                        self._event(f"{dec.direction}: forwarding failed: {e}")
-                        return
+                    else:
+                        dec.feed(data)
+                    delay = self.in_delay if dec.direction == "in" else 0.0
+                    queues[s].append((time.monotonic() + delay, data))
         finally:
             down.close()
             up.close()
