@@ -393,6 +393,7 @@ class EngineNode:
         self.out_path = workdir / f"{tag}.out"
         self.proc: Optional[subprocess.Popen] = None
         self.started: Optional[float] = None
+        self.direct = False  # set by the caller: no tap between us and the kernel
 
     def start(self) -> None:
         out = open(self.out_path, "wb")
