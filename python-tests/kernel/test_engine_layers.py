@@ -79,6 +79,8 @@ def _boot(state: Path) -> kvm.SingleVM:
     """boot_single_vm on a free port block in 3xxxx (O2DLM_KVM_PORT_BASE
     forces the harness's choice; vm.PORT_RANGE itself is 2xxxx)."""
     saved = os.environ.get("O2DLM_KVM_PORT_BASE")
+    if saved:  # the caller's choice wins
+        return kvm.boot_single_vm(state, seed="engine-layers", reconnect_delay_ms=2000)
     start = (os.getpid() * 7) % len(PORT_BASES)
     order = list(PORT_BASES[start:]) + list(PORT_BASES[:start])
     try:
