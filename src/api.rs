@@ -252,7 +252,8 @@ impl Context {
         self.backend.drop_lock(&lookup_id(id)?)
     }
 
-    /// Reads up to `buf.len()` bytes (at most 64) of the LVB.
+    /// Reads up to `buf.len()` bytes (at most 64) of the LVB. A zero-length
+    /// read reports LVB_INVALID, as a 0-byte read of a dlmfs file does.
     pub fn read_lvb(&self, id: &[u8], buf: &mut [u8]) -> Result<usize> {
         let len = buf.len().min(LVB_LEN);
         self.backend.read_lvb(&lookup_id(id)?, &mut buf[..len])

@@ -33,7 +33,36 @@ fn o2dlm_h_is_current() {
     let mut out = Vec::new();
     bindings.write(&mut out);
     let text = String::from_utf8(out).expect("utf-8 header");
-    check_or_update(&root().join("include/o2dlm/o2dlm.h"), &text);
+    check_or_update(&root().join("include/o2dlm/o2dlm.h"), &c89(&text));
+}
+
+/// cbindgen writes C99 (a comma after the last enumerator, `//` comments);
+/// the original header is C89, and so must ours be.
+fn c89(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let lines: Vec<&str> = text.lines().collect();
+    for (i, line) in lines.iter().enumerate() {
+        let mut line = line.to_string();
+        if lines
+            .get(i + 1)
+            .is_some_and(|next| next.trim_start().starts_with('}'))
+            && line.trim_end().ends_with(',')
+            && !line.contains('(')
+        {
+            line = line.trim_end().trim_end_matches(',').to_string();
+        }
+        if let Some(pos) = line.find("// ") {
+            let (code, comment) = line.split_at(pos);
+            line = format!(
+                "{}/* {} */",
+                code,
+                comment.trim_start_matches("// ").trim_end()
+            );
+        }
+        out.push_str(&line);
+        out.push('\n');
+    }
+    out
 }
 
 /// Renders the com_err header with the same macros compile_et produces.

@@ -47,7 +47,7 @@
  */
 enum o2dlm_lock_level {
   O2DLM_LEVEL_PRMODE = 0,
-  O2DLM_LEVEL_EXMODE = 1,
+  O2DLM_LEVEL_EXMODE = 1
 };
 
 /**
@@ -57,7 +57,7 @@ struct o2dlm_ctxt;
 
 #ifdef __cplusplus
 extern "C" {
-#endif // __cplusplus
+#endif /* __cplusplus */
 
 /**
  * Joins `domain_name` and returns a new context in `*ctxt`.
@@ -175,15 +175,8 @@ errcode_t o2dlm_supports_bast(int *supports);
  */
 errcode_t o2dlm_supports_stackglue(int *supports);
 
-/**
- * libcom_err's own lock over `_et_list` (e2fsprogs >= 1.41).
- */
-extern int32_t et_list_lock(void);
-
-extern int32_t et_list_unlock(void);
-
 #ifdef __cplusplus
-}  // extern "C"
-#endif  // __cplusplus
+}  /* extern "C" */
+#endif  /* __cplusplus */
 
 #endif  /* _O2DLM_H_ */

@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import subprocess
 import sys
@@ -57,8 +58,11 @@ def pytest_runtest_makereport(item, call):
             text = guest.dmesg()
         except Exception as e:  # a log must never hide the real failure
             text = f"(no log: {e})"
-        lines = text.splitlines()[-120:]
-        rep.sections.append((f"dmesg {guest.name}", "\n".join(lines)))
+        # the cluster stack's lines, then the tail (whatever it is)
+        lines = text.splitlines()
+        stack = [x for x in lines if re.search(r"o2|ocfs2|dlm|OCFS2|O2T", x)][-150:]
+        tail = lines[-40:]
+        rep.sections.append((f"dmesg {guest.name}", "\n".join(stack + ["-- last lines --"] + tail)))
 
 
 # --------------------------------------------------------------------------
@@ -129,10 +133,11 @@ def dlmfs_check_bins(tmp_path_factory) -> Dict[str, Union[Path, str]]:
 # guests
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def kernel_cluster(tmp_path_factory, dlmfs_check_bins):
-    """Two kernel nodes (0 and 1), dlmfs on /dlm in both, booted once per
-    session, with /bin/dlmfs_check-<build> in each guest."""
+    """Two kernel nodes (0 and 1), dlmfs on /dlm in both, with
+    /bin/dlmfs_check-<build> in each guest. Module scope: one boot for the
+    dlmfs module (the only user), and never two clusters at once."""
     extra = {f"bin/dlmfs_check-{b}": p for b, p in dlmfs_check_bins.items() if isinstance(p, Path)}
     state = tmp_path_factory.mktemp("cluster")
     cluster = kvm.boot_cluster(state, n=2, seed="cluster", extra_files=extra)

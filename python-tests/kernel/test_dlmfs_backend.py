@@ -16,6 +16,7 @@ aside). Set O2DLM_KVM_TRANSCRIPTS=DIR to keep every transcript there.
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
 import shlex
@@ -47,14 +48,20 @@ class Run:
         self.rc = rc
         self.results: List[Dict[str, str]] = []
         self.entries: List[str] = []
+        self.listings: List[List[str]] = []  # one per ls step
         self.marks: List[Tuple[str, float]] = []
+        pending: List[str] = []
         for line in text.splitlines():
             m = RESULT_RE.match(line)
             if m:
                 fields = {k: v.strip('"') for k, v in FIELD_RE.findall(m.group(1))}
                 self.results.append(fields)
+                if fields["op"] == "ls":
+                    self.listings.append(pending)
+                    pending = []
             elif line.startswith("ENTRY name="):
                 self.entries.append(line[len("ENTRY name="):])
+                pending.append(self.entries[-1])
             elif line.startswith("MARK "):
                 body, _, t = line[5:].rpartition(" t=")
                 self.marks.append((body, float(t)))
@@ -74,8 +81,10 @@ class Run:
         for r in self.results:
             fields = " ".join(f"{k}={v}" for k, v in r.items() if k not in ("t",))
             out.append(fields.replace(f"-{build}", "-B"))
-        for e in self.entries:
-            out.append("entry " + (".<private>" if PRIVATE_RE.match(e) else e))
+        for listing in self.listings:
+            # directory order is not part of the contract
+            names = sorted(".<private>" if PRIVATE_RE.match(e) else e for e in listing)
+            out.append("listing " + " ".join(names))
         out.append(f"rc={self.rc}")
         return out
 
@@ -347,7 +356,11 @@ def outcome(kernel_cluster, dlmfs_check_bins, build):
         mine = get(scenario)
         if build != "real":
             ref = get(scenario, "real")
-            assert mine.transcript() == ref.transcript(), f"{build} differs from the real libo2dlm"
+            if mine.transcript() != ref.transcript():
+                diff = difflib.unified_diff(
+                    ref.transcript().splitlines(), mine.transcript().splitlines(), "real", build, lineterm="", n=2
+                )
+                pytest.fail(f"{build} differs from the real libo2dlm:\n" + "\n".join(diff), pytrace=False)
         return mine
 
     return check
@@ -363,9 +376,9 @@ def test_domain_directory_and_private_lock(outcome):
     r = o.runs["n0"]
     assert r.get("init")["name"] == "OK"
     # right after initialize: only the private PR lock file, ".<16 hex>"
-    assert len(r.entries) >= 1 and PRIVATE_RE.match(r.entries[0]), r.text
-    first_ls = r.get("ls", nth=0)
-    assert first_ls["count"] == "1"
+    assert len(r.listings[0]) == 1 and PRIVATE_RE.match(r.listings[0][0]), r.text
+    assert r.get("ls", nth=0)["count"] == "1"
+    assert sorted(r.listings[1]) == sorted(r.listings[0] + ["A"])
     held = o.notes["held"].split()
     private = sorted({x for x in held if PRIVATE_RE.match(x)})
     assert len(private) == 1, o.notes["held"]
@@ -383,8 +396,8 @@ def test_domain_directory_reuse(outcome):
     s, f = o.runs["second"], o.runs["first"]
     assert s.get("init")["name"] == "OK"
     assert s.get("ls", nth=0)["count"] == "3"
-    assert sum(1 for e in s.entries[:3] if PRIVATE_RE.match(e)) == 2, s.text
-    assert "A" in s.entries[:3]
+    assert sum(1 for e in s.listings[0] if PRIVATE_RE.match(e)) == 2, s.text
+    assert "A" in s.listings[0]
     assert s.get("destroy")["name"] == "OK"
     # the first context's files (busy) and the directory stay
     after_second = s.get("ls", nth=1)
@@ -516,7 +529,7 @@ def test_drop_lock(outcome):
     assert r.get("drop", "M", nth=1)["name"] == "OK"
     # held by another process of this node: unlink says EBUSY
     assert r.get("drop", "L")["name"] == "O2DLM_ET_BUSY_LOCK"
-    assert "L" in r.entries and "M" not in r.entries
+    assert "L" in r.listings[0] and "M" not in r.listings[0]
     assert o.runs["other"].get("destroy")["name"] == "OK"
 
 

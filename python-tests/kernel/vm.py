@@ -529,6 +529,11 @@ class ClusterFacts:
         """Byte offset of node ``num``'s heartbeat block in the hb file."""
         return (self.start_block + num) * self.block_bytes
 
+    def write_env(self, path: Path) -> Path:
+        """KEY=VALUE lines of ``as_env()``, for programs that are not Python."""
+        path.write_text("".join(f"{k}={shlex.quote(v)}\n" for k, v in sorted(self.as_env().items())))
+        return path
+
     def node(self, num: int) -> NodeInfo:
         for n in self.nodes:
             if n.num == num:
@@ -1007,6 +1012,7 @@ def boot_single_vm(
         except BaseException:
             vm.kill()
             raise
+        facts.write_env(state / "facts.env")
         _log(f"single VM ready in {secs:.1f} s (agent 127.0.0.1:{vm.agent_port}, o2net 127.0.0.1:{fwd_port})")
         return SingleVM(vm, facts, ports)
     except BaseException:
@@ -1016,6 +1022,25 @@ def boot_single_vm(
 
 # --------------------------------------------------------------------------
 # (b) a cluster of kernel nodes
+
+
+@dataclasses.dataclass
+class ClusterWithHostFacts(ClusterFacts):
+    """Cluster mode with an extra node for a host process (the highest
+    number, so it is the side that opens every o2net connection)."""
+
+    host_num: Optional[int] = None
+    # kernel node number -> where a host process connects to reach it
+    o2net_connect_to: Dict[int, Tuple[str, int]] = dataclasses.field(default_factory=dict)
+
+    def as_env(self) -> Dict[str, str]:
+        env = super().as_env()
+        if self.host_num is not None:
+            env["O2KVM_HOST_NUM"] = str(self.host_num)
+            env["O2KVM_HB_HOST_OFFSET"] = str(self.hb_offset(self.host_num))
+        for num, (h, p) in sorted(self.o2net_connect_to.items()):
+            env[f"O2KVM_O2NET_CONNECT_TO_NODE{num}"] = f"{h}:{p}"
+        return env
 
 
 class KernelCluster:
@@ -1045,23 +1070,37 @@ def boot_cluster(
     seed: str = "",
     extra_files: Optional[Dict[str, FileSpec]] = None,
     connect_timeout: float = 120.0,
+    host_node: bool = False,
     **fact_overrides,
 ) -> KernelCluster:
-    """Boot kernel nodes 0..n-1 (n = 2 here: a direct point-to-point link)."""
+    """Boot kernel nodes 0..n-1 (n = 2 here: a direct point-to-point link).
+
+    With ``host_node``, node n (name ``host<n>``, address 10.0.2.2, which is
+    where forwarded host connections come from in every guest) is in every
+    node table for a host process; ``facts.o2net_connect_to[k]`` is where it
+    reaches kernel node k, and its heartbeat slot is ``facts.hb_offset(n)``."""
     if n != 2:
         raise KvmError("only 2-node clusters are wired (a direct UDP link)")
     kernel, base = prepare()
     ports = PortBlock(PORTS_PER_VM * n, seed)
     vms: List[GuestVM] = []
     try:
-        nodes = tuple(NodeInfo(i, f"kvm{i}", f"{LINK_NET}.{i + 1}", O2NET_PORT) for i in range(n))
-        facts = ClusterFacts(nodes=nodes, hb_file=state / "hb.img", **fact_overrides)
-        _make_hb_file(facts.hb_file, facts)
+        kernel_nodes = tuple(NodeInfo(i, f"kvm{i}", f"{LINK_NET}.{i + 1}", O2NET_PORT) for i in range(n))
+        nodes = kernel_nodes
+        if host_node:
+            nodes += (NodeInfo(n, f"host{n}", SLIRP_HOST_IP, O2NET_PORT),)
 
         def port(i: int, which: int) -> int:
             return ports.base + PORTS_PER_VM * i + which
 
-        for i, node in enumerate(nodes):
+        facts = ClusterWithHostFacts(
+            nodes=nodes, hb_file=state / "hb.img", host_num=n if host_node else None,
+            o2net_connect_to={i: ("127.0.0.1", port(i, PORT_O2NET)) for i in range(n)} if host_node else {},
+            **fact_overrides,
+        )
+        _make_hb_file(facts.hb_file, facts)
+
+        for i, node in enumerate(kernel_nodes):
             other = 1 - i
             link = (
                 f"dgram,local.type=inet,local.host=127.0.0.1,local.port={port(i, PORT_LINK)},"
@@ -1086,7 +1125,8 @@ def boot_cluster(
         for vm in vms:
             secs = vm.wait_ready()
             _log(f"{vm.name} ready in {secs:.1f} s (agent 127.0.0.1:{vm.agent_port})")
-        _wait_connected(vms, nodes, connect_timeout)
+        _wait_connected(vms, kernel_nodes, connect_timeout)
+        facts.write_env(state / "facts.env")
         return KernelCluster(vms, facts, ports)
     except BaseException:
         for vm in vms:

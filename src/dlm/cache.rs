@@ -35,6 +35,8 @@ pub enum CacheAction {
     Granted(HolderId),
     /// A trylock could not be granted (locally or in the cluster).
     TryFailed(HolderId),
+    /// The cluster request for this waiter failed for another reason.
+    Failed(HolderId),
     /// Holders should release: another node is blocked at this level.
     BlockingNotice {
         holders: Vec<HolderId>,
@@ -196,6 +198,19 @@ impl LocalLock {
         {
             self.waiters.retain(|w| w.id != for_id);
             out.push(CacheAction::TryFailed(for_id));
+        }
+        self.in_flight = None;
+        out.extend(self.progress());
+        out
+    }
+
+    /// The cluster could not carry out the acquire at all (not a NOQUEUE
+    /// refusal): the waiter it was for fails; later waiters try again.
+    pub fn on_failed(&mut self) -> Vec<CacheAction> {
+        let mut out = Vec::new();
+        if let Some(InFlight::Acquire { for_id, .. }) = self.in_flight {
+            self.waiters.retain(|w| w.id != for_id);
+            out.push(CacheAction::Failed(for_id));
         }
         self.in_flight = None;
         out.extend(self.progress());

@@ -414,8 +414,13 @@ impl Worker {
                         }
                     },
                     IoAction::Close { conn, node } => {
-                        if let Some(s) = self.socks.remove(&conn) {
+                        if let Some(mut s) = self.socks.remove(&conn) {
                             log::debug!("o2net: closing connection {conn} of node {node}");
+                            // Best effort: what was queued before the close
+                            // (e.g. our handshake) still goes out first.
+                            if !s.connecting && !s.out.is_empty() {
+                                let _ = write_out(&mut s);
+                            }
                             let _ = s.stream.shutdown(Shutdown::Both);
                         }
                     }

@@ -14,7 +14,7 @@ use crate::heartbeat::HbEvent;
 use crate::net::{NetConfig, NetEvent};
 use std::io;
 use std::sync::mpsc;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 /// What the node reports, in order.
 #[derive(Debug)]
@@ -55,17 +55,40 @@ impl Node {
     /// sees the other nodes.
     pub fn start(cfg: &EngineConfig) -> io::Result<Node> {
         let (tx, events) = mpsc::channel::<NodeEvent>();
-        let net_tx = tx.clone();
+        let tx = Mutex::new(tx);
+        Self::start_inner(
+            cfg,
+            Arc::new(move |e| {
+                if let Ok(tx) = tx.lock() {
+                    let _ = tx.send(e);
+                }
+            }),
+            events,
+        )
+    }
+
+    /// Like `start`, but every event goes to `sink` (called from the
+    /// heartbeat and o2net threads) instead of the `events()` channel, so
+    /// the layer above can merge them into its own queue.
+    pub fn start_with_sink(
+        cfg: &EngineConfig,
+        sink: Arc<dyn Fn(NodeEvent) + Send + Sync>,
+    ) -> io::Result<Node> {
+        let (_unused, events) = mpsc::channel::<NodeEvent>();
+        Self::start_inner(cfg, sink, events)
+    }
+
+    fn start_inner(
+        cfg: &EngineConfig,
+        sink: Arc<dyn Fn(NodeEvent) + Send + Sync>,
+        events: mpsc::Receiver<NodeEvent>,
+    ) -> io::Result<Node> {
+        let net_sink = sink.clone();
         let net = NetDriver::start(
             NetConfig::from_engine(cfg),
-            Box::new(move |e| {
-                let _ = net_tx.send(NodeEvent::Net(e));
-            }),
+            Box::new(move |e| net_sink(NodeEvent::Net(e))),
         )?;
         let handle = net.handle();
-        // The heartbeat callback is `Fn` from the heartbeat thread; the
-        // sender sits behind a mutex to be shareable.
-        let hb_tx = Mutex::new(tx);
         let hb = HeartbeatDriver::start(
             cfg,
             Box::new(move |e| {
@@ -76,9 +99,7 @@ impl Node {
                     _ => ev,
                 };
                 // Report first, then act, so "node up" precedes "link up".
-                if let Ok(tx) = hb_tx.lock() {
-                    let _ = tx.send(ev);
-                }
+                sink(ev);
                 match e {
                     HbEvent::NodeUp(n) => handle.node_up(n),
                     HbEvent::NodeDown(n) => handle.node_down(n),

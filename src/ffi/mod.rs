@@ -261,7 +261,7 @@ pub unsafe extern "C" fn o2dlm_read_lvb(
             // SAFETY: argument contracts as documented above.
             let ctx = unsafe { context(ctxt) }?;
             let id = unsafe { lock_id_arg(lockid) }?;
-            if lvb.is_null() || len == 0 {
+            if lvb.is_null() {
                 return Err(Error::InvalidArgs);
             }
             let len = (len as usize).min(crate::api::LVB_LEN);
@@ -357,6 +357,22 @@ pub unsafe extern "C" fn o2dlm_supports_stackglue(supports: *mut c_int) -> errco
     ffi_boundary!("o2dlm_supports_stackglue", {
         self::supports("stackglue", supports)
     })
+}
+
+/// Runs at process exit (registered once the engine starts): the node
+/// leaves its heartbeat region cleanly, so peers see it go at once instead
+/// of after the dead threshold.
+extern "C" fn engine_exit_hook() {
+    let _ = std::panic::catch_unwind(crate::engine::shutdown);
+}
+
+/// Registers `engine_exit_hook` with atexit(3), once per process.
+pub(crate) fn register_exit_hook() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        // SAFETY: registers a plain function with no captured state.
+        unsafe { libc::atexit(engine_exit_hook) };
+    });
 }
 
 /// Registers the `o2dl` table with libcom_err (no-op when already there).

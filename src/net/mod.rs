@@ -961,7 +961,9 @@ impl Net {
             // Waiting senders give up with the persistent error.
             failed.extend(p.queued.drain(..).map(|q| (q.id, NetError::NotConnected)));
         }
-        if !was_err && err.is_some() {
+        // Only the loss of a valid link is a quorum matter; a refused
+        // handshake or failed connect is not (current kernels).
+        if was_valid && !was_err && err.is_some() {
             self.quorum.conn_err(node);
             if p.still_up_at.is_none() {
                 p.still_up_at = Some(now + quorum_delay);

@@ -272,6 +272,7 @@ fn keepalives_flow_and_link_stays_up() {
         .iter()
         .all(|r| r.data == MsgHeader::keepalive_request().encode()));
     assert!(reqs.iter().any(|r| r.from == 0) && reqs.iter().any(|r| r.from == 1));
+    assert!(reqs.iter().chain(&resps).all(|r| r.to == 1 - r.from));
     // Consecutive requests from one side are about one delay apart.
     let from1: Vec<Duration> = reqs.iter().filter(|r| r.from == 1).map(|r| r.at).collect();
     for w in from1.windows(2) {
@@ -537,6 +538,11 @@ fn handshake_mismatch_is_refused_both_ways() {
     s.input(1, Input::NodeDown(0));
     s.input(1, Input::NodeUp(0));
     assert_eq!(s.connects.len(), 3);
+    // A link that never was valid is no quorum matter: nobody fences,
+    // however long the refusals go on.
+    s.run_for(ms(120_000));
+    assert!(s.link_ups().is_empty());
+    assert_eq!(s.count(|_, e| matches!(e, NetEvent::Fence(_))), 0);
 }
 
 #[test]
