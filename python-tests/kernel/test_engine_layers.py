@@ -434,8 +434,8 @@ def test_crash_sigkill(rig, report):
         wait_until(lambda: gone.search(rig.vm.dmesg()[dmesg_mark:]), 10, "kernel logs No longer connected")
     # the block just stops changing: dead after dead_threshold unchanged samples
     threshold_s = f.dead_threshold * en.HB_PERIOD_S
-    with Timer(report, f"test 5 (SIGKILL): kernel drops node 1 (threshold {threshold_s:.0f} s)", threshold_s + 3 * en.HB_PERIOD_S):
-        wait_until(lambda: 1 not in live_nodes(rig.vm), threshold_s + 3 * en.HB_PERIOD_S, "kernel drops node 1", interval=0.5)
+    with Timer(report, f"test 5 (SIGKILL): kernel drops node 1 (threshold {threshold_s:.0f} s)", threshold_s + 4 * en.HB_PERIOD_S):
+        wait_until(lambda: 1 not in live_nodes(rig.vm), threshold_s + 4 * en.HB_PERIOD_S, "kernel drops node 1", interval=0.5)
     took = time.monotonic() - t0
     report(f"test 5 (SIGKILL): node 1 dropped {took:.1f} s after SIGKILL")
     assert took >= threshold_s - 2 * en.HB_PERIOD_S, f"dropped after {took:.1f} s: before the threshold?"
