@@ -27,7 +27,9 @@ to its own address, and slirp rewrites the source to 10.0.2.2 anyway.
 
 from __future__ import annotations
 
+import base64
 import dataclasses
+import mmap
 import os
 import re
 import select
@@ -165,8 +167,6 @@ def read_slot(facts: kvm.ClusterFacts, num: int) -> Slot:
         fd = os.open(facts.hb_file, os.O_RDONLY)
     try:
         # an mmap buffer is page aligned, as O_DIRECT wants
-        import mmap
-
         buf = mmap.mmap(-1, 4096)
         aligned = off - off % 4096
         n = os.preadv(fd, [buf], aligned)
@@ -469,8 +469,6 @@ def guest_slot(vm: kvm.GuestVM, facts: kvm.ClusterFacts, num: int) -> Slot:
         f"dd if=$d bs={facts.block_bytes} skip={facts.start_block + num} count=1 iflag=direct 2>/dev/null | base64\n"
     )
     res = vm.run(script, timeout=20).check()
-    import base64
-
     data = base64.b64decode(res.stdout)
     if len(data) != facts.block_bytes:
         raise AssertionError(f"guest read {len(data)} bytes of slot {num}")

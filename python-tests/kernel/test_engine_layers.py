@@ -202,10 +202,6 @@ class Timer:
             assert took <= self.allowed, f"{self.what} took {took:.1f} s, allowed {self.allowed:.0f} s"
 
 
-def dmesg_after(vm: kvm.GuestVM, mark: int) -> str:
-    return vm.dmesg()[mark:]
-
-
 # --------------------------------------------------------------------------
 # 1. our heartbeat in the kernel's region
 
