@@ -280,6 +280,8 @@ impl Scenario {
             }
         }
         self.mark = self.c.log.len();
+        let v = o2dlm::dlm::sim::kernel_safety_violations(&self.c.log);
+        assert!(v.is_empty(), "{v:?}");
         t
     }
 }
