@@ -229,6 +229,28 @@ pub fn peek_frame(buf: &[u8]) -> Result<Option<(MsgHeader, usize)>, WireError> {
     Ok(Some((hdr, total)))
 }
 
+/// A whole request frame (header then payload) ready to write. Fails only
+/// for a payload longer than [`MAX_PAYLOAD`], which no peer would accept.
+pub fn request_frame(
+    msg_type: u16,
+    key: u32,
+    msg_num: u32,
+    payload: &[u8],
+) -> Result<Vec<u8>, WireError> {
+    if payload.len() > MAX_PAYLOAD {
+        return Err(WireError::TooLong {
+            what: "o2net payload",
+            len: payload.len(),
+            max: MAX_PAYLOAD,
+        });
+    }
+    let hdr = MsgHeader::request(msg_type, key, msg_num, payload.len() as u16);
+    let mut out = Vec::with_capacity(HEADER_LEN + payload.len());
+    out.extend_from_slice(&hdr.encode());
+    out.extend_from_slice(payload);
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -347,6 +369,16 @@ mod tests {
                 ..
             })
         ));
+    }
+
+    #[test]
+    fn request_frame_bounds() {
+        let f = request_frame(513, 0xC5C5_3CEA, 2, &[1, 0, 0, 0]).unwrap();
+        assert_eq!(f.len(), 28);
+        assert_eq!(peek_frame(&f).unwrap().map(|x| x.1), Some(28));
+        assert_eq!(&f[24..], &[1, 0, 0, 0]);
+        assert!(request_frame(1, 2, 3, &[0; MAX_PAYLOAD]).is_ok());
+        assert!(request_frame(1, 2, 3, &[0; MAX_PAYLOAD + 1]).is_err());
     }
 
     #[test]

@@ -374,6 +374,29 @@ impl DlmMessage {
         }
     }
 
+    /// The whole o2net request frame: header (msg_type, the right key, the
+    /// caller's msg_num) and payload. `domain_key` is used unless the type
+    /// travels with [`DLM_MOD_KEY`]. Every DLM payload fits an o2net frame.
+    pub fn to_frame(&self, domain_key: u32, msg_num: u32) -> Vec<u8> {
+        let key = if self.uses_mod_key() {
+            DLM_MOD_KEY
+        } else {
+            domain_key
+        };
+        let payload = self.encode();
+        let hdr = crate::wire::o2net::MsgHeader::request(
+            self.msg_type(),
+            key,
+            msg_num,
+            // Payloads are at most 3952 bytes (MIG_LOCKRES), well below u16.
+            payload.len() as u16,
+        );
+        let mut out = Vec::with_capacity(crate::wire::o2net::HEADER_LEN + payload.len());
+        out.extend_from_slice(&hdr.encode());
+        out.extend_from_slice(&payload);
+        out
+    }
+
     /// Whether this message travels with [`DLM_MOD_KEY`].
     pub fn uses_mod_key(&self) -> bool {
         uses_mod_key(self.msg_type())
