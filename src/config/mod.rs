@@ -382,7 +382,7 @@ mod tests {
             "{e}"
         );
 
-        let e = build(&[cf.clone()], Some("nobody")).unwrap_err();
+        let e = build(std::slice::from_ref(&cf), Some("nobody")).unwrap_err();
         assert_eq!(
             e.to_string(),
             format!("host name: no node named 'nobody' in cluster 'labclu' of {cp}")
@@ -392,7 +392,7 @@ mod tests {
             e.to_string(),
             format!("O2DLM_NODE: no node named 'ghost' in cluster 'labclu' of {cp}")
         );
-        let e = build(&[cf.clone()], None).unwrap_err();
+        let e = build(std::slice::from_ref(&cf), None).unwrap_err();
         assert_eq!(
             e.to_string(),
             "O2DLM_NODE: not set and the host name cannot be read"
