@@ -236,6 +236,8 @@ fn run(nodes: usize, seed: u64, steps: usize) {
                 assert_eq!(c.dlm(n).outstanding_requests(), 0, "seed {seed}");
             }
             assert!(grants > 10, "seed {seed}: only {grants} grants");
+            let v = o2dlm::dlm::sim::kernel_safety_violations(&c.log);
+            assert!(v.is_empty(), "seed {seed}: {v:?}");
             return;
         }
     }

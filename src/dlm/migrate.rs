@@ -19,6 +19,9 @@ impl Dlm {
             return true;
         };
         let names: Vec<LockName> = d.resources.keys().copied().collect();
+        // Purges first (their DEREFs go out at once), then migrations, as
+        // the kernel's DLM thread purges before the exit loop migrates.
+        let mut migrate = Vec::new();
         for name in names {
             let Some(d) = self.domains.get(&key) else {
                 return true;
@@ -44,7 +47,7 @@ impl Dlm {
                     continue;
                 }
                 if let Some(t) = migration_target(r, &d.exit_map, &d.domain_map, me) {
-                    self.start_migration(now, key, name, t);
+                    migrate.push((name, t));
                 }
             } else if r.owner.is_some() {
                 if r.waiting_ops.is_empty() && !r.migrating && !r.recovering {
@@ -55,6 +58,9 @@ impl Dlm {
                     d.resources.remove(&name);
                 }
             }
+        }
+        for (name, t) in migrate {
+            self.start_migration(now, key, name, t);
         }
         self.domains
             .get(&key)
