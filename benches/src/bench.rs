@@ -3,7 +3,11 @@
 //! users pick instead (Redis, etcd), all measured in the same run with the
 //! same CPU placement. Prints one table and writes benches/results/.
 //!
-//! Usage: o2dlm-bench [--quick] [--out DIR]
+//! Usage: o2dlm-bench [--quick] [--out DIR] [--self-test]
+//!
+//! `--self-test` runs the o2dlm figures' code against a flock(2) stand-in
+//! instead of the engine (tiny counts, no Redis/etcd), to check the harness
+//! itself; it exits non-zero if any figure failed to produce a number.
 
 mod baseline;
 mod cpu;
@@ -24,6 +28,11 @@ use std::time::{Duration, Instant};
 /// How much of everything to do; `--quick` scales it to about a minute.
 struct Settings {
     quick: bool,
+    /// Nodes run the flock stand-in; rows are labelled so.
+    self_test: bool,
+    backend: engine::NodeBackend,
+    /// What the figures are called in the table.
+    sys: &'static str,
     out: PathBuf,
     mutex_iters: u64,
     tcp_samples: usize,
@@ -47,6 +56,9 @@ impl Settings {
         if quick {
             Settings {
                 quick,
+                self_test: false,
+                backend: engine::NodeBackend::Engine,
+                sys: "o2dlm",
                 out,
                 mutex_iters: 2_000_000,
                 tcp_samples: 10_000,
@@ -69,6 +81,9 @@ impl Settings {
         } else {
             Settings {
                 quick,
+                self_test: false,
+                backend: engine::NodeBackend::Engine,
+                sys: "o2dlm",
                 out,
                 mutex_iters: 20_000_000,
                 tcp_samples: 50_000,
@@ -89,6 +104,28 @@ impl Settings {
             }
         }
     }
+
+    /// Small counts over the flock stand-in: seconds, not minutes.
+    fn self_test(out: PathBuf) -> Settings {
+        Settings {
+            self_test: true,
+            backend: engine::NodeBackend::FlockStandIn,
+            sys: "flock stand-in",
+            mutex_iters: 100_000,
+            tcp_samples: 1_000,
+            cached_iters: 10_000,
+            mastery_count: 200,
+            handoff_turns: 200,
+            scaling_duration: Duration::from_millis(200),
+            names_per_node: 10,
+            sizes: [
+                (Placement::OneCore, vec![2]),
+                (Placement::TwoCores, vec![2, 4]),
+            ],
+            memory_resources: 1_000,
+            ..Settings::new(true, out)
+        }
+    }
 }
 
 fn main() -> ExitCode {
@@ -98,18 +135,19 @@ fn main() -> ExitCode {
         Some("__node") => return engine::node::node_main(&args[2..]),
         _ => {}
     }
-    let mut quick = false;
-    let mut out = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("results");
+    let (mut quick, mut self_test) = (false, false);
+    let mut out: Option<PathBuf> = None;
     let mut it = args.iter().skip(1);
     while let Some(a) = it.next() {
         match a.as_str() {
             "--quick" => quick = true,
+            "--self-test" => self_test = true,
             "--out" => match it.next() {
-                Some(d) => out = PathBuf::from(d),
+                Some(d) => out = Some(PathBuf::from(d)),
                 None => return usage("--out needs a directory"),
             },
             "-h" | "--help" => {
-                println!("usage: o2dlm-bench [--quick] [--out DIR]");
+                println!("usage: o2dlm-bench [--quick] [--out DIR] [--self-test]");
                 return ExitCode::SUCCESS;
             }
             other => return usage(&format!("unknown argument {other:?}")),
@@ -117,11 +155,16 @@ fn main() -> ExitCode {
     }
     // Record the allowed CPUs before any thread narrows its own mask.
     cpu::allowed_cpus();
+    if self_test {
+        let out = out.unwrap_or_else(|| std::env::temp_dir().join("o2dlm-bench-self-test"));
+        return run(&Settings::self_test(out));
+    }
+    let out = out.unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("results"));
     run(&Settings::new(quick, out))
 }
 
 fn usage(problem: &str) -> ExitCode {
-    eprintln!("o2dlm-bench: {problem}\nusage: o2dlm-bench [--quick] [--out DIR]");
+    eprintln!("o2dlm-bench: {problem}\nusage: o2dlm-bench [--quick] [--out DIR] [--self-test]");
     ExitCode::from(2)
 }
 
@@ -158,7 +201,11 @@ fn run(s: &Settings) -> ExitCode {
     let cores = cpu::allowed_cpus();
     eprintln!(
         "bench: {} mode, allowed CPUs {:?}, results to {}",
-        if s.quick { "quick" } else { "full" },
+        match (s.self_test, s.quick) {
+            (true, _) => "self-test (flock stand-in, not o2dlm)",
+            (false, true) => "quick",
+            (false, false) => "full",
+        },
         cores,
         s.out.display()
     );
@@ -211,7 +258,9 @@ fn run(s: &Settings) -> ExitCode {
         };
         for (name, result) in [("Redis", &mut redis_r), ("etcd", &mut etcd_r)] {
             progress.step(&format!("{name} [{}]", p.label()));
-            let r: ServiceResult = if name == "Redis" {
+            let r: ServiceResult = if s.self_test {
+                ServiceResult::unavailable(&Outcome::Unavailable("skipped in --self-test".into()))
+            } else if name == "Redis" {
                 redis::measure(&cfg(s.redis_samples))
             } else {
                 etcd::measure(&cfg(s.etcd_samples))
@@ -237,21 +286,26 @@ fn run(s: &Settings) -> ExitCode {
     // ---- o2dlm figures
     let mut pending_notes: Vec<String> = Vec::new();
     let mut note = |o: &Outcome| {
-        if let Outcome::Pending(why) | Outcome::Failed(why) = o {
-            let line = format!("o2dlm: {}", o.text());
-            if !pending_notes.contains(&line) && !why.is_empty() {
-                pending_notes.push(line);
+        let line = match o {
+            Outcome::Pending { reason, detail } => {
+                format!("{}: pending, {reason}: {detail}", s.sys)
             }
+            Outcome::Failed(why) => format!("{}: failed: {why}", s.sys),
+            _ => return,
+        };
+        if !pending_notes.contains(&line) {
+            pending_notes.push(line);
         }
     };
-    progress.step("o2dlm cached re-lock");
+    progress.step(&format!("{} cached re-lock", s.sys));
     let cached = engine::cached_relock(&engine::CachedConfig {
+        backend: s.backend,
         iters: s.cached_iters,
     });
     note(&cached.ns_per_op);
     rows.push(
         Row::new(
-            "o2dlm cached re-lock [1 core]",
+            format!("{} cached re-lock [1 core]", s.sys),
             cached.ns_per_op.clone(),
             "ns/op",
         )
@@ -259,13 +313,14 @@ fn run(s: &Settings) -> ExitCode {
         .target(Target::RatioAtMost(2.0)),
     );
     rows.push(Row::new(
-        "o2dlm cached re-lock [1 core]",
+        format!("{} cached re-lock [1 core]", s.sys),
         cached.ns_per_op.map(|ns| 1e9 / ns),
         "ops/s",
     ));
 
-    progress.step("o2dlm new-lock mastery, 1 node");
+    progress.step(&format!("{} new-lock mastery, 1 node", s.sys));
     let m1 = engine::mastery(&engine::MasteryConfig {
+        backend: s.backend,
         nodes: 1,
         placement: Placement::OneCore,
         count: s.mastery_count,
@@ -273,11 +328,11 @@ fn run(s: &Settings) -> ExitCode {
     note(&m1.ops_per_sec);
     latency_rows(
         &mut rows,
-        "o2dlm new-lock mastery, 1 node [1 core]",
+        &format!("{} new-lock mastery, 1 node [1 core]", s.sys),
         &m1.latency,
     );
     rows.push(Row::new(
-        "o2dlm new-lock mastery, 1 node [1 core]",
+        &format!("{} new-lock mastery, 1 node [1 core]", s.sys),
         m1.ops_per_sec.clone(),
         "ops/s",
     ));
@@ -285,13 +340,18 @@ fn run(s: &Settings) -> ExitCode {
     let mut m3 = Vec::new();
     let mut handoffs = Vec::new();
     for (p, rtt) in &tcp_rtt {
-        progress.step(&format!("o2dlm new-lock mastery, 3 nodes [{}]", p.label()));
+        progress.step(&format!(
+            "{} new-lock mastery, 3 nodes [{}]",
+            s.sys,
+            p.label()
+        ));
         let m = engine::mastery(&engine::MasteryConfig {
+            backend: s.backend,
             nodes: 3,
             placement: *p,
             count: s.mastery_count,
         });
-        let name = format!("o2dlm new-lock mastery, 3 nodes [{}]", p.label());
+        let name = format!("{} new-lock mastery, 3 nodes [{}]", s.sys, p.label());
         rows.push(
             Row::new(format!("{name}, median"), pct(&m.latency, 50.0), "µs")
                 .baseline("TCP RTT median", pct(rtt, 50.0)),
@@ -303,12 +363,13 @@ fn run(s: &Settings) -> ExitCode {
         rows.push(Row::new(name, m.ops_per_sec.clone(), "ops/s"));
         m3.push((*p, m));
 
-        progress.step(&format!("o2dlm EX handoff [{}]", p.label()));
+        progress.step(&format!("{} EX handoff [{}]", s.sys, p.label()));
         let h = engine::handoff(&engine::HandoffConfig {
+            backend: s.backend,
             placement: *p,
             turns: s.handoff_turns,
         });
-        let name = format!("o2dlm EX handoff, 2 nodes [{}]", p.label());
+        let name = format!("{} EX handoff, 2 nodes [{}]", s.sys, p.label());
         for (stat, pc) in [("median", 50.0), ("p99", 99.0)] {
             rows.push(
                 Row::new(format!("{name}, {stat}"), pct(&h.latency, pc), "µs")
@@ -317,7 +378,7 @@ fn run(s: &Settings) -> ExitCode {
             );
         }
         if let Ok(l) = &h.latency {
-            plot_latency.push((format!("o2dlm EX handoff [{}]", p.label()), l.clone()));
+            plot_latency.push((format!("{} EX handoff [{}]", s.sys, p.label()), l.clone()));
         }
         handoffs.push((*p, h));
     }
@@ -325,8 +386,9 @@ fn run(s: &Settings) -> ExitCode {
     let mut scaling: Vec<(Placement, usize, engine::ScalingPoint)> = Vec::new();
     for (p, sizes) in &s.sizes {
         for &n in sizes {
-            progress.step(&format!("o2dlm throughput, {n} nodes [{}]", p.label()));
+            progress.step(&format!("{} throughput, {n} nodes [{}]", s.sys, p.label()));
             let pt = engine::scaling(&engine::ScalingConfig {
+                backend: s.backend,
                 nodes: n,
                 placement: *p,
                 duration: s.scaling_duration,
@@ -347,7 +409,8 @@ fn run(s: &Settings) -> ExitCode {
                     rows.push(
                         Row::new(
                             format!(
-                                "o2dlm lock+unlock, {n} nodes, disjoint names [{}]",
+                                "{} lock+unlock, {n} nodes, disjoint names [{}]",
+                                s.sys,
                                 p.label()
                             ),
                             pt.disjoint.clone(),
@@ -360,7 +423,8 @@ fn run(s: &Settings) -> ExitCode {
             } else {
                 rows.push(Row::new(
                     format!(
-                        "o2dlm lock+unlock, {n} nodes, disjoint names [{}]",
+                        "{} lock+unlock, {n} nodes, disjoint names [{}]",
+                        s.sys,
                         p.label()
                     ),
                     pt.disjoint.clone(),
@@ -369,7 +433,8 @@ fn run(s: &Settings) -> ExitCode {
             }
             rows.push(Row::new(
                 format!(
-                    "o2dlm lock+unlock, {n} nodes, one shared name [{}]",
+                    "{} lock+unlock, {n} nodes, one shared name [{}]",
+                    s.sys,
                     p.label()
                 ),
                 pt.shared.clone(),
@@ -379,8 +444,12 @@ fn run(s: &Settings) -> ExitCode {
         }
     }
 
-    progress.step(&format!("o2dlm memory, {} resources", s.memory_resources));
+    progress.step(&format!(
+        "{} memory, {} resources",
+        s.sys, s.memory_resources
+    ));
     let mem = engine::memory(&engine::MemoryConfig {
+        backend: s.backend,
         resources: s.memory_resources,
     });
     let held = if mem.resources == 1_000_000 {
@@ -389,7 +458,7 @@ fn run(s: &Settings) -> ExitCode {
         format!("{} held", mem.resources)
     };
     rows.push(Row::new(
-        format!("o2dlm memory per lock resource ({held})"),
+        format!("{} memory per lock resource ({held})", s.sys),
         mem.bytes_per_resource.clone(),
         "bytes",
     ));
@@ -400,7 +469,7 @@ fn run(s: &Settings) -> ExitCode {
     };
     rows.push(
         Row::new(
-            format!("o2dlm memory for 1 M lock resources{scaled}"),
+            format!("{} memory for 1 M lock resources{scaled}", s.sys),
             mem.bytes_per_resource.map(|b| b * 1e6 / (1024.0 * 1024.0)),
             "MiB",
         )
@@ -411,9 +480,13 @@ fn run(s: &Settings) -> ExitCode {
     // the same operation (o2net requests plus their status replies).
     let mut msg_row = |name: String, v: &Outcome, kernel: f64| {
         rows.push(
-            Row::new(format!("o2dlm messages/op: {name}"), v.clone(), "msgs/op")
-                .baseline("kernel", Outcome::Value(kernel))
-                .target(Target::AtMost(kernel)),
+            Row::new(
+                format!("{} messages/op: {name}", s.sys),
+                v.clone(),
+                "msgs/op",
+            )
+            .baseline("kernel", Outcome::Value(kernel))
+            .target(Target::AtMost(kernel)),
         );
     };
     msg_row("cached re-lock".into(), &cached.msgs_per_op, 0.0);
@@ -450,6 +523,9 @@ fn run(s: &Settings) -> ExitCode {
     // ---- output
     let table = report::text_table(&rows);
     println!("{table}");
+    for n in &pending_notes {
+        println!("{n}");
+    }
     let stamp = report::utc_stamp(
         std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -467,7 +543,7 @@ fn run(s: &Settings) -> ExitCode {
                     o.value().map(|v| (*n, v))
                 })
                 .collect();
-            scaling_series.push((format!("o2dlm {kind} names [{}]", p.label()), pts));
+            scaling_series.push((format!("{} {kind} names [{}]", s.sys, p.label()), pts));
         }
     }
     let mut references = Vec::new();
@@ -512,6 +588,22 @@ fn run(s: &Settings) -> ExitCode {
     }
     eprintln!("bench: wrote {}", md.display());
     progress.step("done");
+    if s.self_test {
+        // Every figure but message counts (the stand-in has none) must have
+        // produced a number, or the harness is broken.
+        let broken: Vec<&Row> = rows
+            .iter()
+            .filter(|r| r.figure.starts_with(s.sys) && r.unit != "msgs/op")
+            .filter(|r| r.value.value().is_none())
+            .collect();
+        for r in &broken {
+            eprintln!("self-test: {} gave {}", r.figure, r.value.text());
+        }
+        if !broken.is_empty() {
+            return ExitCode::from(1);
+        }
+        eprintln!("self-test: every figure produced a number");
+    }
     ExitCode::SUCCESS
 }
 

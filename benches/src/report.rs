@@ -8,8 +8,12 @@ use std::fmt::Write as _;
 #[derive(Debug, Clone, PartialEq)]
 pub enum Outcome {
     Value(f64),
-    /// The o2dlm code path ran and the engine refused (its DLM is not built).
-    Pending(String),
+    /// The o2dlm code path ran and the engine refused (its DLM is not
+    /// built): a short reason for the table and the error it got.
+    Pending {
+        reason: String,
+        detail: String,
+    },
     /// A baseline could not be run here (package missing, one CPU, ...).
     Unavailable(String),
     /// The measurement ran and broke.
@@ -27,7 +31,7 @@ impl Outcome {
     pub fn text(&self) -> String {
         match self {
             Outcome::Value(v) => fmt_num(*v),
-            Outcome::Pending(r) => format!("pending: {r}"),
+            Outcome::Pending { reason, .. } => format!("pending: {reason}"),
             Outcome::Unavailable(r) => format!("unavailable: {r}"),
             Outcome::Failed(r) => format!("failed: {r}"),
         }
@@ -56,9 +60,9 @@ pub enum Target {
 impl Target {
     fn text(self) -> String {
         match self {
-            Target::RatioAtMost(r) => format!("ratio <= {}", fmt_num(r)),
-            Target::RatioAtLeast(r) => format!("ratio >= {}", fmt_num(r)),
-            Target::AtMost(v) => format!("<= {}", fmt_num(v)),
+            Target::RatioAtMost(r) => format!("ratio <= {}", fmt_short(r)),
+            Target::RatioAtLeast(r) => format!("ratio >= {}", fmt_short(r)),
+            Target::AtMost(v) => format!("<= {}", fmt_short(v)),
         }
     }
 }
@@ -112,6 +116,7 @@ impl Row {
     fn cells(&self) -> [String; 7] {
         let baseline = match &self.baseline {
             None => "-".to_string(),
+            Some((name, Outcome::Value(v))) => format!("{name}: {}", fmt_short(*v)),
             Some((name, v)) => format!("{name}: {}", v.text()),
         };
         let ratio = self
@@ -199,6 +204,15 @@ pub fn fmt_num(v: f64) -> String {
     }
 }
 
+/// Whole numbers without decimals (targets, kernel counts).
+fn fmt_short(v: f64) -> String {
+    if v.fract() == 0.0 && v.abs() < 1e15 {
+        format!("{v:.0}")
+    } else {
+        fmt_num(v)
+    }
+}
+
 /// "YYYY-MM-DD HH:MM UTC" for a Unix time, without a date library
 /// (days-to-civil conversion over the proleptic Gregorian calendar).
 pub fn utc_stamp(unix_secs: u64) -> String {
@@ -234,7 +248,11 @@ mod tests {
         assert_eq!(r.met(), Some(true));
         let r = r.target(Target::RatioAtLeast(3.0));
         assert_eq!(r.met(), Some(false));
-        let p = Row::new("y", Outcome::Pending("no engine".into()), "ns")
+        let pending = Outcome::Pending {
+            reason: "no engine".into(),
+            detail: "ENOENGINE".into(),
+        };
+        let p = Row::new("y", pending, "ns")
             .baseline("mutex", Outcome::Value(20.0))
             .target(Target::RatioAtMost(2.0));
         assert_eq!(p.ratio(), None);

@@ -48,6 +48,16 @@ pub fn cluster_conf(n: usize, port: u16) -> String {
     s
 }
 
+/// What the node processes run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NodeBackend {
+    /// The library's embedded engine: the real figures.
+    Engine,
+    /// flock(2) on files in a shared directory: only to test this harness
+    /// (`--self-test`); its numbers say nothing about o2dlm.
+    FlockStandIn,
+}
+
 /// The environment that makes the library's engine node `i` of the
 /// cluster described by the files at `conf`, `hb` and `sysconfig`.
 pub fn node_env(
@@ -96,10 +106,6 @@ impl Reply {
             .ok_or_else(|| format!("answer has no number {key}"))
     }
 
-    pub fn opt_num(&self, key: &str) -> Option<f64> {
-        self.0.get(key).and_then(|v| v.parse().ok())
-    }
-
     pub fn samples(&self) -> Result<Vec<u64>, String> {
         let s = self.0.get("samples").ok_or("answer has no samples")?;
         if s.is_empty() {
@@ -127,7 +133,7 @@ pub struct Cluster {
 impl Cluster {
     /// Starts `n` nodes, node i pinned per `placement`, and waits until each
     /// has joined the domain (or refused to).
-    pub fn start(n: usize, placement: Placement) -> Result<Cluster, Outcome> {
+    pub fn start(n: usize, placement: Placement, backend: NodeBackend) -> Result<Cluster, Outcome> {
         let fail = |what: &str, e: &dyn std::fmt::Display| Outcome::Failed(format!("{what}: {e}"));
         if let Some(why) = (n > 1 && placement == Placement::TwoCores)
             .then(|| placement.unavailable_reason())
@@ -148,6 +154,8 @@ impl Cluster {
         // An empty o2cb sysconfig, so the host's /etc/default/o2cb is not read.
         let sysconfig = dir.path().join("o2cb");
         std::fs::write(&sysconfig, "").map_err(|e| fail("sysconfig", &e))?;
+        let locks_dir = dir.path().join("locks");
+        std::fs::create_dir(&locks_dir).map_err(|e| fail("locks dir", &e))?;
         let exe = std::env::current_exe().map_err(|e| fail("current_exe", &e))?;
         let mut nodes = Vec::with_capacity(n);
         for i in 0..n {
@@ -157,13 +165,17 @@ impl Cluster {
             let log = dir.path().join(format!("node{i}.log"));
             let logf = std::fs::File::create(&log).map_err(|e| fail("node log", &e))?;
             let mut cmd = Command::new(&exe);
-            cmd.args(["__node", DOMAIN])
-                .envs(node_env(i, &conf, &hb, &sysconfig))
-                .env(
-                    "O2DLM_LOG",
-                    std::env::var("O2DLM_LOG").unwrap_or("warn".into()),
-                )
-                .stdin(Stdio::piped())
+            match backend {
+                NodeBackend::Engine => cmd
+                    .args(["__node", DOMAIN])
+                    .envs(node_env(i, &conf, &hb, &sysconfig))
+                    .env(
+                        "O2DLM_LOG",
+                        std::env::var("O2DLM_LOG").unwrap_or("warn".into()),
+                    ),
+                NodeBackend::FlockStandIn => cmd.arg("__node").arg("--flock").arg(&locks_dir),
+            };
+            cmd.stdin(Stdio::piped())
                 .stdout(Stdio::piped())
                 .stderr(logf);
             cpu::pin_command(&mut cmd, cpu);
@@ -266,9 +278,10 @@ impl Cluster {
 fn init_refusal(line: &str) -> Outcome {
     let detail = line.strip_prefix("error ").unwrap_or(line);
     if detail.starts_with("O2DLM_ET_SERVICE_UNAVAILABLE") {
-        Outcome::Pending(format!(
-            "engine DLM not available (Context::initialize with O2DLM_BACKEND=engine: {detail})"
-        ))
+        Outcome::Pending {
+            reason: "engine DLM not available".into(),
+            detail: format!("Context::initialize with O2DLM_BACKEND=engine returned {detail}"),
+        }
     } else {
         Outcome::Failed(format!("Context::initialize: {detail}"))
     }
@@ -311,6 +324,7 @@ impl LatencyFigure {
 // ---------------------------------------------------------------- figures
 
 pub struct CachedConfig {
+    pub backend: NodeBackend,
     pub iters: u64,
 }
 
@@ -323,20 +337,14 @@ pub struct CachedResult {
 /// One node, pinned to the first core (like the mutex baseline).
 pub fn cached_relock(cfg: &CachedConfig) -> CachedResult {
     let run = || -> Result<CachedResult, Outcome> {
-        let mut c = Cluster::start(1, Placement::OneCore)?;
-        let r = c.ask(
-            0,
-            &format!("cached relock {}", cfg.iters),
-            Duration::from_secs(300),
-        )?;
+        let mut c = Cluster::start(1, Placement::OneCore, cfg.backend)?;
+        // Held once at EX, so the timed loop is all cached re-locks.
+        c.ask(0, "warm relock 1", Duration::from_secs(60))?;
+        let before = c.messages_sent();
+        let cmd = format!("cached relock {}", cfg.iters);
+        let r = c.ask(0, &cmd, Duration::from_secs(300))?;
         let ns = r.num("ns_per_op").map_err(Outcome::Failed)?;
-        let msgs = match r.opt_num("msgs") {
-            Some(m) => Outcome::Value(m / cfg.iters.max(1) as f64),
-            None => c
-                .messages_sent()
-                .err()
-                .unwrap_or(Outcome::Failed("no count".into())),
-        };
+        let msgs = per_op(&before, &c.messages_sent(), cfg.iters as f64);
         c.stop();
         Ok(CachedResult {
             ns_per_op: Outcome::Value(ns),
@@ -350,6 +358,7 @@ pub fn cached_relock(cfg: &CachedConfig) -> CachedResult {
 }
 
 pub struct MasteryConfig {
+    pub backend: NodeBackend,
     /// Nodes in the domain; node 0 takes the locks, the others only vote.
     pub nodes: usize,
     pub placement: Placement,
@@ -359,7 +368,7 @@ pub struct MasteryConfig {
 /// New-lock mastery: the first lock of fresh names.
 pub fn mastery(cfg: &MasteryConfig) -> LatencyFigure {
     let run = || -> Result<LatencyFigure, Outcome> {
-        let mut c = Cluster::start(cfg.nodes, cfg.placement)?;
+        let mut c = Cluster::start(cfg.nodes, cfg.placement, cfg.backend)?;
         let before = c.messages_sent();
         let t0 = std::time::Instant::now();
         let r = c.ask(
@@ -382,6 +391,7 @@ pub fn mastery(cfg: &MasteryConfig) -> LatencyFigure {
 }
 
 pub struct HandoffConfig {
+    pub backend: NodeBackend,
     pub placement: Placement,
     /// Turns per node (so 2 x turns - 1 handoffs are timed).
     pub turns: u64,
@@ -392,7 +402,7 @@ pub struct HandoffConfig {
 /// machine-wide monotonic clock written into the LVB.
 pub fn handoff(cfg: &HandoffConfig) -> LatencyFigure {
     let run = || -> Result<LatencyFigure, Outcome> {
-        let mut c = Cluster::start(2, cfg.placement)?;
+        let mut c = Cluster::start(2, cfg.placement, cfg.backend)?;
         let before = c.messages_sent();
         let t0 = std::time::Instant::now();
         for i in 0..2 {
@@ -417,6 +427,7 @@ pub fn handoff(cfg: &HandoffConfig) -> LatencyFigure {
 }
 
 pub struct ScalingConfig {
+    pub backend: NodeBackend,
     pub nodes: usize,
     pub placement: Placement,
     pub duration: Duration,
@@ -436,7 +447,7 @@ pub struct ScalingPoint {
 /// locking one shared name; the same cluster serves both.
 pub fn scaling(cfg: &ScalingConfig) -> ScalingPoint {
     let run = || -> Result<ScalingPoint, Outcome> {
-        let mut c = Cluster::start(cfg.nodes, cfg.placement)?;
+        let mut c = Cluster::start(cfg.nodes, cfg.placement, cfg.backend)?;
         let (disjoint, msgs_disjoint) =
             throughput_round(&mut c, cfg, |i| (format!("d{i}x"), cfg.names_per_node))?;
         let (shared, msgs_shared) = throughput_round(&mut c, cfg, |_| ("shared".to_string(), 1))?;
@@ -461,32 +472,36 @@ fn throughput_round(
     cfg: &ScalingConfig,
     names: impl Fn(usize) -> (String, u64),
 ) -> Result<(Outcome, Outcome), Outcome> {
-    // Start together: time enough for every node to finish its warm-up pass.
-    let start = monotonic_ns() + 2_000_000_000;
+    // Mastery first, outside the timed window.
+    for i in 0..c.len() {
+        let (name, n) = names(i);
+        c.send(i, &format!("warm {name} {n}"))?;
+    }
+    for i in 0..c.len() {
+        c.recv(i, Duration::from_secs(600))?;
+    }
+    let before = c.messages_sent();
+    // Every node starts at the same instant of the machine-wide clock.
+    let start = monotonic_ns() + 50_000_000;
     let ms = cfg.duration.as_millis() as u64;
     for i in 0..c.len() {
         let (name, n) = names(i);
         c.send(i, &format!("throughput {name} {n} {ms} {start}"))?;
     }
-    let (mut rate, mut ops, mut msgs) = (0.0, 0.0, Some(0.0));
+    let (mut rate, mut ops) = (0.0, 0.0);
     for i in 0..c.len() {
         let r = c.recv(i, cfg.duration + Duration::from_secs(300))?;
-        let (o, ns) = (
-            r.num("ops").map_err(Outcome::Failed)?,
-            r.num("ns").map_err(Outcome::Failed)?,
-        );
+        let o = r.num("ops").map_err(Outcome::Failed)?;
+        let ns = r.num("ns").map_err(Outcome::Failed)?;
         rate += o / (ns / 1e9);
         ops += o;
-        msgs = msgs.zip(r.opt_num("msgs")).map(|(a, b)| a + b);
     }
-    let msgs = match msgs {
-        Some(m) if ops > 0.0 => Outcome::Value(m / ops),
-        _ => Outcome::Unavailable("the engine exposes no message counter yet".into()),
-    };
-    Ok((Outcome::Value(rate), msgs))
+    let after = c.messages_sent();
+    Ok((Outcome::Value(rate), per_op(&before, &after, ops)))
 }
 
 pub struct MemoryConfig {
+    pub backend: NodeBackend,
     pub resources: u64,
 }
 
@@ -499,7 +514,7 @@ pub struct MemoryResult {
 /// Memory: one node takes and holds `resources` PR locks.
 pub fn memory(cfg: &MemoryConfig) -> MemoryResult {
     let run = || -> Result<Outcome, Outcome> {
-        let mut c = Cluster::start(1, Placement::OneCore)?;
+        let mut c = Cluster::start(1, Placement::OneCore, cfg.backend)?;
         let r = c.ask(
             0,
             &format!("hold mem {}", cfg.resources),
@@ -557,7 +572,12 @@ mod tests {
         assert!(Reply::parse("error lock: X").is_err());
         assert_eq!(
             init_refusal("error O2DLM_ET_SERVICE_UNAVAILABLE Unable to access cluster service"),
-            Outcome::Pending("engine DLM not available (Context::initialize with O2DLM_BACKEND=engine: O2DLM_ET_SERVICE_UNAVAILABLE Unable to access cluster service)".into())
+            Outcome::Pending {
+                reason: "engine DLM not available".into(),
+                detail: "Context::initialize with O2DLM_BACKEND=engine returned \
+                         O2DLM_ET_SERVICE_UNAVAILABLE Unable to access cluster service"
+                    .into()
+            }
         );
     }
 }
