@@ -332,7 +332,7 @@ fn run(s: &Settings) -> ExitCode {
         &m1.latency,
     );
     rows.push(Row::new(
-        &format!("{} new-lock mastery, 1 node [1 core]", s.sys),
+        format!("{} new-lock mastery, 1 node [1 core]", s.sys),
         m1.ops_per_sec.clone(),
         "ops/s",
     ));
@@ -534,7 +534,7 @@ fn run(s: &Settings) -> ExitCode {
     );
     let mut scaling_series = Vec::new();
     for (p, sizes) in &s.sizes {
-        for (kind, pick) in [("disjoint", 0), ("shared", 1)] {
+        for (kind, pick) in [("disjoint names", 0), ("one shared name", 1)] {
             let pts: Vec<(usize, f64)> = scaling
                 .iter()
                 .filter(|(q, n, _)| q == p && sizes.contains(n))
@@ -543,7 +543,7 @@ fn run(s: &Settings) -> ExitCode {
                     o.value().map(|v| (*n, v))
                 })
                 .collect();
-            scaling_series.push((format!("{} {kind} names [{}]", s.sys, p.label()), pts));
+            scaling_series.push((format!("{} {kind} [{}]", s.sys, p.label()), pts));
         }
     }
     let mut references = Vec::new();
@@ -560,7 +560,11 @@ fn run(s: &Settings) -> ExitCode {
     let data = plot::PlotData {
         title: format!(
             "o2dlm benchmark, {stamp}{}",
-            if s.quick { " (quick)" } else { "" }
+            match (s.self_test, s.quick) {
+                (true, _) => " (harness self-test: flock stand-in, not o2dlm)",
+                (false, true) => " (quick)",
+                (false, false) => "",
+            }
         ),
         latency: plot_latency,
         scaling: scaling_series,
@@ -628,7 +632,11 @@ fn machine() -> String {
 fn markdown(s: &Settings, stamp: &str, rows: &[Row], notes: &[String]) -> String {
     let mut out = format!(
         "## Benchmarks ({stamp})\n\n`make bench{}` on {}.\n\n",
-        if s.quick { " BENCH_ARGS=--quick" } else { "" },
+        match (s.self_test, s.quick) {
+            (true, _) => " BENCH_ARGS=--self-test` (flock stand-in, not o2dlm) `",
+            (false, true) => " BENCH_ARGS=--quick",
+            (false, false) => "",
+        },
         machine()
     );
     out.push_str(

@@ -49,6 +49,19 @@ const COLORS: [RGBColor; 8] = [
     RGBColor(23, 190, 207),
 ];
 
+/// Axis numbers: no useless decimals, k/M for big ones.
+fn short(v: f64) -> String {
+    if v >= 1e6 {
+        format!("{}M", v / 1e6)
+    } else if v >= 1e4 {
+        format!("{}k", v / 1e3)
+    } else if v >= 1.0 {
+        format!("{v:.0}")
+    } else {
+        format!("{v:.2}")
+    }
+}
+
 /// Writes the PNG; Ok(false) when it had to be drawn without text.
 pub fn write_png(path: &Path, data: &PlotData) -> Result<bool, String> {
     let text = register_font();
@@ -94,7 +107,9 @@ fn draw(path: &Path, data: &PlotData, text: bool) -> Result<(), Box<dyn std::err
     let mut mesh = chart.configure_mesh();
     if text {
         mesh.x_desc("latency (µs, log scale)")
-            .y_desc("% of operations at or below");
+            .y_desc("% of operations at or below")
+            .x_label_formatter(&|v| short(*v))
+            .y_label_formatter(&|v| format!("{v:.0}"));
     } else {
         mesh.x_labels(0).y_labels(0);
     }
@@ -139,7 +154,10 @@ fn draw(path: &Path, data: &PlotData, text: bool) -> Result<(), Box<dyn std::err
         chart.build_cartesian_2d(1f64..17f64, ((ymin * 0.5).max(0.1)..ymax * 2.0).log_scale())?;
     let mut mesh = chart.configure_mesh();
     if text {
-        mesh.x_desc("nodes").y_desc("operations / s (log scale)");
+        mesh.x_desc("nodes")
+            .y_desc("operations / s (log scale)")
+            .x_label_formatter(&|v| format!("{v:.0}"))
+            .y_label_formatter(&|v| short(*v));
     } else {
         mesh.x_labels(0).y_labels(0);
     }
