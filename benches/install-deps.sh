@@ -1,5 +1,6 @@
 #!/bin/sh
-# Installs the Debian packages the bench compares against (Redis, etcd).
+# Installs the Debian packages the bench compares against (Redis, etcd)
+# and a font for the plot.
 # Best effort: when one cannot be installed the bench reports that row as
 # "unavailable" with the reason, so a failure here does not stop `make bench`.
 set -u
@@ -7,6 +8,8 @@ need=""
 command -v redis-server >/dev/null 2>&1 || need="$need redis-server"
 command -v etcd >/dev/null 2>&1 || need="$need etcd-server"
 command -v etcdctl >/dev/null 2>&1 || need="$need etcd-client"
+# The plot's labels (drawn without them when no TTF font is installed).
+[ -e /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] || need="$need fonts-dejavu-core"
 [ -z "$need" ] && exit 0
 if [ "$(id -u)" != 0 ]; then
     echo "bench: not root, cannot install:$need (those rows will say unavailable)" >&2
