@@ -331,12 +331,13 @@ impl Dlm {
                 _ => r.q.blocked.push(lock),
             }
         }
-        // The kernel takes the LVB only from other nodes' records (capture
-        // 06 shows it lost when the only record is the target's own); the
-        // old master's value is authoritative, so we keep it whenever a
-        // PR/EX holder exists. Kernel peers then see the true value instead
-        // of zeros.
-        if lvb_holder && m.lvb != [0; 64] {
+        // The kernel takes the LVB only from other nodes' PR/EX records
+        // (capture 06 shows it lost when the only record is the target's
+        // own). In a migration the old master's value is authoritative, so
+        // we always keep it: kernel peers then read the true value where a
+        // kernel target would have given them zeros.
+        let _ = lvb_holder;
+        if m.lvb != [0; 64] {
             r.q.lvb.0 = m.lvb;
         }
         if m.flags & DLM_MRES_ALL_DONE != 0 {

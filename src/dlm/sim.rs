@@ -501,10 +501,8 @@ pub fn kernel_safety_violations(log: &[Record]) -> Vec<String> {
                     ));
                 }
                 match *msg_type {
-                    DLM_QUERY_JOIN_MSG => {
-                        if QueryJoinResponse::from_status(s).code == JOIN_OK {
-                            join_ok.insert((*to, *from));
-                        }
+                    DLM_QUERY_JOIN_MSG if QueryJoinResponse::from_status(s).code == JOIN_OK => {
+                        join_ok.insert((*to, *from));
                     }
                     DLM_ASSERT_JOINED_MSG if s == 0 => {
                         join_ok.remove(&(*to, *from));
