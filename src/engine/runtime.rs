@@ -13,8 +13,8 @@ use crate::driver::net_io::NetHandle;
 use crate::driver::node::{Node, NodeEvent};
 use crate::error::{Error, Result};
 use crate::heartbeat::HbEvent;
-use crate::net::{NetError, NetEvent, ReplyToken};
-use crate::wire::dlm::{registered_max_len, uses_mod_key, NodeInfo, DLM_MOD_KEY, DLM_NOTQUEUED};
+use crate::net::{NetEvent, ReplyToken};
+use crate::wire::dlm::{NodeInfo, DLM_NOTQUEUED};
 use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
@@ -140,14 +140,10 @@ impl Runtime {
         let me = cfg.local.number;
         let mut dlm_cfg = DlmConfig::new(me, nodes);
         dlm_cfg.seed = std::process::id() as u64 ^ (me as u64) << 32;
-        for t in 500u16..=522 {
-            if uses_mod_key(t) {
-                if let Some(max) = registered_max_len(t) {
-                    if let Err(e) = net.register_handler(t, DLM_MOD_KEY, max as u32) {
-                        log::error!("o2dlm: cannot register handler {t}: {e:?}");
-                        return Err(Error::ServiceUnavailable);
-                    }
-                }
+        for (t, key, max) in Dlm::mod_key_handlers() {
+            if let Err(e) = net.register_handler(t, key, max) {
+                log::error!("o2dlm: cannot register handler {t}: {e:?}");
+                return Err(Error::ServiceUnavailable);
             }
         }
         let core = Core {
@@ -298,7 +294,7 @@ impl Core {
             }
             NodeEvent::Net(NetEvent::Response { id, result, .. }) => {
                 if let Some(did) = self.requests.remove(&id) {
-                    let r = result.map_err(transport_error);
+                    let r = result.map_err(dlm::TransportError::from);
                     self.dlm.handle_reply(now, did, r);
                 }
             }
@@ -331,12 +327,8 @@ impl Core {
                 continue;
             }
             let key = Dlm::domain_key(&name);
-            for t in 500u16..=522 {
-                if !uses_mod_key(t) {
-                    if let Some(max) = registered_max_len(t) {
-                        let _ = self.net.register_handler(t, key, max as u32);
-                    }
-                }
+            for (t, k, max) in Dlm::domain_handlers(DomainId(key)) {
+                let _ = self.net.register_handler(t, k, max);
             }
             match self.dlm.join(now, &name) {
                 Ok(id) => {
@@ -354,10 +346,8 @@ impl Core {
     }
 
     fn unregister_domain(&mut self, key: u32) {
-        for t in 500u16..=522 {
-            if !uses_mod_key(t) && registered_max_len(t).is_some() {
-                self.net.unregister_handler(t, key);
-            }
+        for (t, k, _) in Dlm::domain_handlers(DomainId(key)) {
+            self.net.unregister_handler(t, k);
         }
     }
 
@@ -807,15 +797,6 @@ impl Core {
         };
         let acts = f(&mut entry.cache);
         self.apply(now, &key, acts);
-    }
-}
-
-fn transport_error(e: NetError) -> dlm::TransportError {
-    match e {
-        NetError::NoHandler => dlm::TransportError::NoHandler,
-        NetError::Overflow => dlm::TransportError::Overflow,
-        NetError::HostDown => dlm::TransportError::HostDown,
-        other => dlm::TransportError::Other(other.errno()),
     }
 }
 
