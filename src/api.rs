@@ -140,6 +140,11 @@ pub(crate) trait Backend: Send + Sync {
     fn write_lvb(&self, id: &LockId, data: &[u8]) -> Result<usize>;
     /// Releases everything; the context is unusable afterwards.
     fn destroy(&self) -> Result<()>;
+    /// Cluster messages (requests and status replies) this node has sent,
+    /// when the backend can count them.
+    fn messages_sent(&self) -> Option<u64> {
+        None
+    }
 }
 
 /// Which backend `O2DLM_BACKEND` asks for.
@@ -266,6 +271,12 @@ impl Context {
             return Err(Error::InvalidArgs);
         }
         self.backend.write_lvb(&lookup_id(id)?, data)
+    }
+
+    /// o2net messages (DLM requests and status replies) this process's
+    /// engine node has sent so far; None on dlmfs, where the kernel sends.
+    pub fn messages_sent(&self) -> Option<u64> {
+        self.backend.messages_sent()
     }
 
     pub fn destroy(self) -> Result<()> {

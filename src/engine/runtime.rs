@@ -83,6 +83,8 @@ pub(crate) struct Runtime {
 }
 
 static RUNTIME: Mutex<Option<Arc<Runtime>>> = Mutex::new(None);
+/// DLM messages (requests and status replies) this process has sent.
+pub(crate) static MESSAGES_SENT: AtomicU64 = AtomicU64::new(0);
 
 /// The process's runtime, started on first use.
 pub(crate) fn get() -> Result<Arc<Runtime>> {
@@ -663,6 +665,7 @@ impl Core {
             let mut progress = false;
             while let Some(t) = self.dlm.poll_transmit() {
                 progress = true;
+                MESSAGES_SENT.fetch_add(1, Ordering::Relaxed);
                 match t {
                     dlm::Transmit::Request {
                         id,
