@@ -4,7 +4,9 @@
 //! The thread owns the `Net`, the listener and every connection. Other
 //! threads talk to it through a [`NetHandle`] (a command channel plus a
 //! wake-up socket pair). Events of the `Net` are handed to a callback on
-//! the driver thread, in order.
+//! the driver thread, in order — or to a [`NetApp`], a layer that runs on
+//! the driver thread itself with the `Net` at hand, so that a request can
+//! be handled and answered without any thread hop (the engine's DLM).
 
 use crate::net::{
     ConnId, IncomingRequest, Input, IoAction, LinkState, Net, NetConfig, NetEvent, RegisterError,
@@ -59,6 +61,32 @@ enum Cmd {
     Stop,
 }
 
+/// A layer run on the driver thread, given the `Net` to send and reply
+/// through directly. Other threads hand it work through their own shared
+/// state and [`NetHandle::wake`].
+pub trait NetApp: Send {
+    /// One event of the `Net`, in order.
+    fn on_event(&mut self, net: &mut Net, e: NetEvent);
+    /// Called on every turn of the driver loop (after a wake-up, a timer
+    /// or socket activity).
+    fn on_wake(&mut self, net: &mut Net, now: Instant);
+    /// When `on_wake` must run next at the latest.
+    fn poll_timeout(&mut self) -> Option<Instant>;
+}
+
+/// The plain-callback flavour of [`NetApp`].
+struct Callback(Box<dyn FnMut(NetEvent) + Send>);
+
+impl NetApp for Callback {
+    fn on_event(&mut self, _net: &mut Net, e: NetEvent) {
+        (self.0)(e)
+    }
+    fn on_wake(&mut self, _net: &mut Net, _now: Instant) {}
+    fn poll_timeout(&mut self) -> Option<Instant> {
+        None
+    }
+}
+
 /// Talks to the driver thread from anywhere. Cheap to clone.
 #[derive(Clone)]
 pub struct NetHandle {
@@ -74,6 +102,13 @@ impl NetHandle {
         // A full wake-up buffer already guarantees a wake-up.
         let _ = (&*self.waker).write(&[1]);
         true
+    }
+
+    /// Makes the driver thread run a turn of its loop (and so
+    /// `NetApp::on_wake`) soon.
+    pub fn wake(&self) {
+        // A full wake-up buffer already guarantees a wake-up.
+        let _ = (&*self.waker).write(&[1]);
     }
 
     /// Heartbeat saw `node` come up.
@@ -171,6 +206,11 @@ impl NetDriver {
         cfg: NetConfig,
         on_event: Box<dyn FnMut(NetEvent) + Send>,
     ) -> io::Result<NetDriver> {
+        Self::start_app(cfg, Box::new(Callback(on_event)))
+    }
+
+    /// Like `start`, with a layer that runs on the driver thread.
+    pub fn start_app(cfg: NetConfig, app: Box<dyn NetApp>) -> io::Result<NetDriver> {
         let me = cfg.local_node().ok_or_else(|| {
             io::Error::new(io::ErrorKind::InvalidInput, "local node not configured")
         })?;
@@ -191,7 +231,8 @@ impl NetDriver {
             wake_rx,
             cmds,
             socks: HashMap::new(),
-            on_event,
+            dirty: Vec::new(),
+            app,
             buf: vec![0u8; READ_CHUNK],
         };
         let thread = std::thread::Builder::new()
@@ -249,7 +290,9 @@ struct Worker {
     wake_rx: UnixStream,
     cmds: mpsc::Receiver<Cmd>,
     socks: HashMap<ConnId, Sock>,
-    on_event: Box<dyn FnMut(NetEvent) + Send>,
+    /// Connections with queued bytes not yet written this turn.
+    dirty: Vec<ConnId>,
+    app: Box<dyn NetApp>,
     buf: Vec<u8>,
 }
 
@@ -264,8 +307,14 @@ impl Worker {
                 self.net.handle_timeout(now);
             }
             self.flush();
+            self.app.on_wake(&mut self.net, now);
+            self.flush();
 
-            let timeout_ms = match self.net.poll_timeout() {
+            let deadline = match (self.net.poll_timeout(), self.app.poll_timeout()) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            let timeout_ms = match deadline {
                 None => 1000,
                 Some(t) => {
                     let d = t.saturating_duration_since(Instant::now());
@@ -374,15 +423,12 @@ impl Worker {
     fn flush(&mut self) {
         loop {
             let mut progress = false;
-            let mut failed: Vec<(ConnId, String)> = Vec::new();
             while let Some(t) = self.net.poll_transmit() {
                 progress = true;
                 if let Some(s) = self.socks.get_mut(&t.conn) {
                     s.out.extend_from_slice(&t.data);
-                    if !s.connecting {
-                        if let Err(e) = write_out(s) {
-                            failed.push((s.conn, format!("write failed: {e}")));
-                        }
+                    if !s.connecting && !self.dirty.contains(&t.conn) {
+                        self.dirty.push(t.conn);
                     }
                 }
             }
@@ -428,14 +474,32 @@ impl Worker {
             }
             while let Some(e) = self.net.poll_event() {
                 progress = true;
-                (self.on_event)(e);
+                self.app.on_event(&mut self.net, e);
+            }
+            if progress {
+                continue;
+            }
+            // Everything this turn produced (a reply and the next request,
+            // say) goes out in one write per socket: on a loaded machine
+            // each write to loopback can cost a context switch.
+            let mut failed: Vec<(ConnId, String)> = Vec::new();
+            let mut dirty = std::mem::take(&mut self.dirty);
+            for conn in dirty.drain(..) {
+                if let Some(s) = self.socks.get_mut(&conn) {
+                    if !s.connecting && !s.out.is_empty() {
+                        if let Err(e) = write_out(s) {
+                            failed.push((conn, format!("write failed: {e}")));
+                        }
+                    }
+                }
+            }
+            self.dirty = dirty;
+            if failed.is_empty() {
+                break;
             }
             for (conn, why) in failed {
                 self.net
                     .handle_event(Instant::now(), Input::Closed(conn, &why));
-            }
-            if !progress {
-                break;
             }
         }
     }

@@ -8,7 +8,7 @@
 //! handlers, send requests and answer them.
 
 use super::heartbeat_disk::HeartbeatDriver;
-use super::net_io::{NetDriver, NetHandle};
+use super::net_io::{NetApp, NetDriver, NetHandle};
 use crate::config::EngineConfig;
 use crate::heartbeat::HbEvent;
 use crate::net::{NetConfig, NetEvent};
@@ -78,6 +78,19 @@ impl Node {
         Self::start_inner(cfg, sink, events)
     }
 
+    /// Like `start_with_sink`, but o2net events go to `app` on the o2net
+    /// thread itself (see [`NetApp`]); `sink` gets the heartbeat's events
+    /// (on the heartbeat thread).
+    pub fn start_with_app(
+        cfg: &EngineConfig,
+        sink: Arc<dyn Fn(NodeEvent) + Send + Sync>,
+        app: Box<dyn NetApp>,
+    ) -> io::Result<Node> {
+        let (_unused, events) = mpsc::channel::<NodeEvent>();
+        let net = NetDriver::start_app(NetConfig::from_engine(cfg), app)?;
+        Self::start_hb(cfg, net, sink, events)
+    }
+
     fn start_inner(
         cfg: &EngineConfig,
         sink: Arc<dyn Fn(NodeEvent) + Send + Sync>,
@@ -88,6 +101,15 @@ impl Node {
             NetConfig::from_engine(cfg),
             Box::new(move |e| net_sink(NodeEvent::Net(e))),
         )?;
+        Self::start_hb(cfg, net, sink, events)
+    }
+
+    fn start_hb(
+        cfg: &EngineConfig,
+        net: NetDriver,
+        sink: Arc<dyn Fn(NodeEvent) + Send + Sync>,
+        events: mpsc::Receiver<NodeEvent>,
+    ) -> io::Result<Node> {
         let handle = net.handle();
         let hb = HeartbeatDriver::start(
             cfg,

@@ -8,14 +8,16 @@
 //! a lock released here stays cached at its level until another node asks.
 
 pub mod bast;
+mod fastmap;
 mod runtime;
 
 use crate::api::{Backend, BastCallback, LockFlags, LockId, LockLevel};
+use crate::dlm::cache::HolderId;
 use crate::dlm::Mode;
 use crate::error::{Error, Result};
 use bast::BastSignal;
-use runtime::{Command, Runtime};
-use std::collections::HashMap;
+use fastmap::{FastMap, NameKey};
+use runtime::Runtime;
 use std::os::unix::io::RawFd;
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -39,15 +41,11 @@ pub(crate) fn initialize(domain: &[u8]) -> Result<Box<dyn Backend>> {
         return Err(Error::DomainCreate);
     }
     let rt = runtime::get()?;
-    let name = domain.to_vec();
-    rt.call(|reply| Command::Join {
-        domain: name.clone(),
-        reply,
-    })??;
+    let dom = rt.join(domain)?;
     Ok(Box::new(EngineBackend {
         rt,
-        domain: name,
-        locks: Mutex::new(HashMap::new()),
+        dom,
+        locks: Mutex::new(FastMap::default()),
     }))
 }
 
@@ -55,7 +53,7 @@ enum Slot {
     /// A thread of this context is waiting for the grant.
     Acquiring,
     Held {
-        holder: u64,
+        holder: HolderId,
         level: LockLevel,
         bast: Option<(Arc<BastSignal>, BastCallback)>,
     },
@@ -63,13 +61,18 @@ enum Slot {
 
 struct EngineBackend {
     rt: Arc<Runtime>,
-    domain: Vec<u8>,
-    locks: Mutex<HashMap<LockId, Slot>>,
+    /// The domain's process-local index.
+    dom: u32,
+    locks: Mutex<FastMap<NameKey, Slot>>,
 }
 
 impl EngineBackend {
-    fn locks(&self) -> MutexGuard<'_, HashMap<LockId, Slot>> {
+    fn locks(&self) -> MutexGuard<'_, FastMap<NameKey, Slot>> {
         self.locks.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn key(&self, id: &LockId) -> Result<NameKey> {
+        NameKey::new(self.dom, id.as_bytes()).ok_or(Error::InvalidLockName)
     }
 
     fn take_lock(
@@ -83,33 +86,27 @@ impl EngineBackend {
             // '$' names are the DLM's own ($RECOVERY).
             return Err(Error::InvalidLockName);
         }
+        let key = self.key(id)?;
         {
             let mut locks = self.locks();
-            if locks.contains_key(id) {
-                return Err(Error::RecursiveLock);
+            match locks.entry(key) {
+                std::collections::hash_map::Entry::Occupied(_) => return Err(Error::RecursiveLock),
+                std::collections::hash_map::Entry::Vacant(v) => {
+                    v.insert(Slot::Acquiring);
+                }
             }
-            locks.insert(id.clone(), Slot::Acquiring);
         }
-        let holder = self.rt.new_holder();
         let mode = match level {
             LockLevel::Pr => Mode::Pr,
             LockLevel::Ex => Mode::Ex,
         };
         let signal = bast.as_ref().map(|(s, _)| s.clone());
-        let r = self.rt.call(|reply| Command::Lock {
-            domain: self.domain.clone(),
-            name: id.as_bytes().to_vec(),
-            holder,
-            mode,
-            trylock: flags.trylock,
-            bast: signal,
-            reply,
-        });
+        let r = self.rt.lock(&key, mode, flags.trylock, signal);
         let mut locks = self.locks();
-        match r.and_then(|inner| inner) {
-            Ok(()) => {
+        match r {
+            Ok(holder) => {
                 locks.insert(
-                    id.clone(),
+                    key,
                     Slot::Held {
                         holder,
                         level,
@@ -119,14 +116,14 @@ impl EngineBackend {
                 Ok(())
             }
             Err(e) => {
-                locks.remove(id);
+                locks.remove(&key);
                 Err(e)
             }
         }
     }
 
-    fn held(&self, id: &LockId) -> Result<LockLevel> {
-        match self.locks().get(id) {
+    fn held(&self, key: &NameKey) -> Result<LockLevel> {
+        match self.locks().get(key) {
             Some(Slot::Held { level, .. }) => Ok(*level),
             _ => Err(Error::UnknownLock),
         }
@@ -170,66 +167,49 @@ impl Backend for EngineBackend {
     }
 
     fn unlock(&self, id: &LockId) -> Result<()> {
-        let holder = {
+        let key = self.key(id)?;
+        let (holder, had_bast) = {
             let mut locks = self.locks();
-            match locks.remove(id) {
-                Some(Slot::Held { holder, .. }) => holder,
+            match locks.remove(&key) {
+                Some(Slot::Held { holder, bast, .. }) => (holder, bast.is_some()),
                 Some(Slot::Acquiring) => {
-                    locks.insert(id.clone(), Slot::Acquiring);
+                    locks.insert(key, Slot::Acquiring);
                     return Err(Error::UnknownLock);
                 }
                 None => return Err(Error::UnknownLock),
             }
         };
-        self.rt.send(Command::Unlock {
-            domain: self.domain.clone(),
-            name: id.as_bytes().to_vec(),
-            holder,
-        })
+        self.rt.unlock(&key, holder, had_bast)
     }
 
     fn drop_lock(&self, id: &LockId) -> Result<()> {
-        if self.locks().contains_key(id) {
+        let key = self.key(id)?;
+        if self.locks().contains_key(&key) {
             return Err(Error::BusyLock);
         }
-        let (domain, name) = (self.domain.clone(), id.as_bytes().to_vec());
-        self.rt.call(|reply| Command::Drop {
-            domain,
-            name,
-            reply,
-        })?
+        self.rt.drop_name(&key)
     }
 
     fn read_lvb(&self, id: &LockId, buf: &mut [u8]) -> Result<usize> {
-        self.held(id)?;
+        let key = self.key(id)?;
+        self.held(&key)?;
         if buf.is_empty() {
             // What a 0-byte read of a dlmfs lock file reports.
             return Err(Error::LvbInvalid);
         }
-        let (domain, name) = (self.domain.clone(), id.as_bytes().to_vec());
-        let lvb = self.rt.call(|reply| Command::ReadLvb {
-            domain,
-            name,
-            reply,
-        })?;
+        let lvb = self.rt.read_lvb(&key)?;
         let n = buf.len().min(lvb.len());
         buf[..n].copy_from_slice(&lvb[..n]);
         Ok(n)
     }
 
     fn write_lvb(&self, id: &LockId, data: &[u8]) -> Result<usize> {
-        if self.held(id)? != LockLevel::Ex {
+        let key = self.key(id)?;
+        if self.held(&key)? != LockLevel::Ex {
             // As dlmfs: the LVB can only be written under EX.
             return Err(Error::LvbWrite);
         }
-        let (domain, name) = (self.domain.clone(), id.as_bytes().to_vec());
-        let data_vec = data.to_vec();
-        self.rt.call(|reply| Command::WriteLvb {
-            domain,
-            name,
-            data: data_vec,
-            reply,
-        })?;
+        self.rt.write_lvb(&key, data)?;
         Ok(data.len())
     }
 
@@ -238,22 +218,17 @@ impl Backend for EngineBackend {
     }
 
     fn destroy(&self) -> Result<()> {
-        let held: Vec<(LockId, u64)> = self
+        let held: Vec<(NameKey, HolderId, bool)> = self
             .locks()
             .drain()
-            .filter_map(|(id, s)| match s {
-                Slot::Held { holder, .. } => Some((id, holder)),
+            .filter_map(|(key, s)| match s {
+                Slot::Held { holder, bast, .. } => Some((key, holder, bast.is_some())),
                 Slot::Acquiring => None,
             })
             .collect();
-        for (id, holder) in held {
-            self.rt.send(Command::Unlock {
-                domain: self.domain.clone(),
-                name: id.as_bytes().to_vec(),
-                holder,
-            })?;
+        for (key, holder, had_bast) in held {
+            self.rt.unlock(&key, holder, had_bast)?;
         }
-        let domain = self.domain.clone();
-        self.rt.call(|reply| Command::Leave { domain, reply })?
+        self.rt.leave(self.dom)
     }
 }

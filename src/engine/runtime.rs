@@ -1,23 +1,34 @@
 //! The engine's node runtime: one per process, started by the first engine
-//! context. It runs the heartbeat and o2net drivers (`driver::node`) and a
-//! core thread that owns the sans-IO `Dlm` and the node-local lock caches.
-//! API calls from any thread become `Command`s for the core thread and
-//! wait for their answer; everything the DLM needs to send goes out
-//! through the o2net driver.
+//! context. It runs the heartbeat and o2net drivers (`driver::node`); the
+//! sans-IO `Dlm` and the node-local lock caches live in one `Core` behind a
+//! mutex that any thread may take:
+//!
+//! - API threads serve cached locks from the node-local cache
+//!   (`dlm::cache::LocalLock`) under that mutex, with no thread hop and no
+//!   allocation; when the cache needs the cluster they drive the `Dlm`
+//!   themselves and only wake the o2net thread to put its messages on the
+//!   wire;
+//! - the o2net thread runs the core as a [`NetApp`]: a message from a peer
+//!   is handled and answered on the thread that read it;
+//! - the heartbeat thread reports node up/down the same way.
+//!
+//! Only the o2net thread touches the `Net` (sockets, request ids, reply
+//! tokens): everything else leaves messages in `Core::outbox`.
 
 use super::bast::BastSignal;
+use super::fastmap::{FastMap, NameKey};
 use crate::config::EngineConfig;
 use crate::dlm::cache::{CacheAction, ClusterOp, HolderId, LocalLock};
 use crate::dlm::{self, Dlm, DlmConfig, DomainId, Event, LockFlags, Mode, UnlockFlags};
-use crate::driver::net_io::NetHandle;
+use crate::driver::net_io::{NetApp, NetHandle};
 use crate::driver::node::{Node, NodeEvent};
 use crate::error::{Error, Result};
 use crate::heartbeat::HbEvent;
-use crate::net::{NetEvent, ReplyToken};
+use crate::net::{Net, NetEvent, ReplyToken};
 use crate::wire::dlm::{NodeInfo, DLM_NOTQUEUED};
-use std::collections::{BTreeSet, HashMap};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{mpsc, Arc, Mutex};
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
 /// How long a first context waits for the cluster view to settle: our own
@@ -26,66 +37,12 @@ const SETTLE_PERIODS: u32 = 3;
 const HB_PERIOD: Duration = Duration::from_millis(2000);
 /// As the kernel's o2cb cluster check before a domain join.
 const CONNECT_WAIT: Duration = Duration::from_secs(60);
-
-/// A request from an API thread, answered through `reply`.
-pub(crate) enum Command {
-    Join {
-        domain: Vec<u8>,
-        reply: mpsc::SyncSender<Result<()>>,
-    },
-    Leave {
-        domain: Vec<u8>,
-        reply: mpsc::SyncSender<Result<()>>,
-    },
-    Lock {
-        domain: Vec<u8>,
-        name: Vec<u8>,
-        holder: HolderId,
-        mode: Mode,
-        trylock: bool,
-        bast: Option<Arc<BastSignal>>,
-        reply: mpsc::SyncSender<Result<()>>,
-    },
-    Unlock {
-        domain: Vec<u8>,
-        name: Vec<u8>,
-        holder: HolderId,
-    },
-    ReadLvb {
-        domain: Vec<u8>,
-        name: Vec<u8>,
-        reply: mpsc::SyncSender<[u8; 64]>,
-    },
-    WriteLvb {
-        domain: Vec<u8>,
-        name: Vec<u8>,
-        data: Vec<u8>,
-        reply: mpsc::SyncSender<()>,
-    },
-    Drop {
-        domain: Vec<u8>,
-        name: Vec<u8>,
-        reply: mpsc::SyncSender<Result<()>>,
-    },
-}
-
-enum Input {
-    Node(NodeEvent),
-    Api(Command),
-}
-
-/// Handle held by engine contexts.
-pub(crate) struct Runtime {
-    tx: mpsc::Sender<Input>,
-    next_holder: AtomicU64,
-    /// Keeps the drivers alive; taken at process exit for a clean stop, or
-    /// by the core thread when it fences.
-    node: Arc<Mutex<Option<Node>>>,
-}
+/// How often a pending join re-checks the cluster view at the latest.
+const JOIN_POLL: Duration = Duration::from_millis(200);
 
 static RUNTIME: Mutex<Option<Arc<Runtime>>> = Mutex::new(None);
 /// Set once this node fenced itself in `refuse` mode: every call fails.
-pub(crate) static FENCED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+pub(crate) static FENCED: AtomicBool = AtomicBool::new(false);
 /// DLM messages (requests and status replies) this process has sent.
 pub(crate) static MESSAGES_SENT: AtomicU64 = AtomicU64::new(0);
 
@@ -99,7 +56,7 @@ pub(crate) fn get() -> Result<Arc<Runtime>> {
         log::error!("engine configuration: {e}");
         Error::ServiceUnavailable
     })?;
-    let rt = Arc::new(Runtime::start(cfg)?);
+    let rt = Runtime::start(cfg)?;
     crate::ffi::register_exit_hook();
     *slot = Some(rt.clone());
     Ok(rt)
@@ -116,23 +73,51 @@ pub(crate) fn shutdown() {
     }
 }
 
+/// One API call waiting for the cluster (a grant, a join, a leave).
+pub(crate) struct Waiter {
+    done: Mutex<Option<Result<()>>>,
+    cv: Condvar,
+}
+
+impl Waiter {
+    fn new() -> Arc<Waiter> {
+        Arc::new(Waiter {
+            done: Mutex::new(None),
+            cv: Condvar::new(),
+        })
+    }
+
+    fn finish(&self, r: Result<()>) {
+        let mut d = self.done.lock().unwrap_or_else(|p| p.into_inner());
+        if d.is_none() {
+            *d = Some(r);
+            self.cv.notify_one();
+        }
+    }
+
+    fn wait(&self) -> Result<()> {
+        let mut d = self.done.lock().unwrap_or_else(|p| p.into_inner());
+        loop {
+            if let Some(r) = d.take() {
+                return r;
+            }
+            d = self.cv.wait(d).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+}
+
+/// Handle held by engine contexts.
+pub(crate) struct Runtime {
+    core: Mutex<Core>,
+    /// To wake the o2net thread; set once the node runs.
+    net: OnceLock<NetHandle>,
+    /// Keeps the drivers alive; taken at process exit for a clean stop, or
+    /// when this node fences itself.
+    node: Mutex<Option<Node>>,
+}
+
 impl Runtime {
-    fn start(cfg: EngineConfig) -> Result<Runtime> {
-        let (tx, rx) = mpsc::channel::<Input>();
-        let sink_tx = Mutex::new(tx.clone());
-        let node = Node::start_with_sink(
-            &cfg,
-            Arc::new(move |e| {
-                if let Ok(tx) = sink_tx.lock() {
-                    let _ = tx.send(Input::Node(e));
-                }
-            }),
-        )
-        .map_err(|e| {
-            log::error!("engine node start: {e}");
-            Error::ServiceUnavailable
-        })?;
-        let net = node.net().ok_or(Error::ServiceUnavailable)?;
+    fn start(cfg: EngineConfig) -> Result<Arc<Runtime>> {
         let nodes = cfg
             .advertised
             .iter()
@@ -145,61 +130,257 @@ impl Runtime {
         let me = cfg.local.number;
         let mut dlm_cfg = DlmConfig::new(me, nodes);
         dlm_cfg.seed = std::process::id() as u64 ^ (me as u64) << 32;
+        let rt = Arc::new(Runtime {
+            core: Mutex::new(Core {
+                fence_mode: FenceMode::from_env(),
+                dlm: Dlm::new(dlm_cfg),
+                me,
+                started: Instant::now(),
+                live: BTreeSet::new(),
+                linked: BTreeSet::new(),
+                next_holder: 1,
+                dom_index: HashMap::new(),
+                domains: FastMap::default(),
+                names: FastMap::default(),
+                by_lock: FastMap::default(),
+                waiting: FastMap::default(),
+                basts: FastMap::default(),
+                pending_joins: Vec::new(),
+                outbox: VecDeque::new(),
+                unregister: Vec::new(),
+            }),
+            net: OnceLock::new(),
+            node: Mutex::new(None),
+        });
+        let hb_rt = rt.clone();
+        let app = NetSide {
+            rt: rt.clone(),
+            requests: FastMap::default(),
+            tokens: FastMap::default(),
+            next_token: 1,
+        };
+        let node = Node::start_with_app(
+            &cfg,
+            Arc::new(move |e| hb_rt.heartbeat_event(e)),
+            Box::new(app),
+        )
+        .map_err(|e| {
+            log::error!("engine node start: {e}");
+            Error::ServiceUnavailable
+        })?;
+        let net = node.net().ok_or(Error::ServiceUnavailable)?;
         for (t, key, max) in Dlm::mod_key_handlers() {
             if let Err(e) = net.register_handler(t, key, max) {
                 log::error!("o2dlm: cannot register handler {t}: {e:?}");
                 return Err(Error::ServiceUnavailable);
             }
         }
-        let node_slot = Arc::new(Mutex::new(Some(node)));
-        let core = Core {
-            node_slot: node_slot.clone(),
-            fence_mode: FenceMode::from_env(),
-            dlm: Dlm::new(dlm_cfg),
-            net,
-            me,
-            started: Instant::now(),
-            live: BTreeSet::new(),
-            linked: BTreeSet::new(),
-            requests: HashMap::new(),
-            tokens: HashMap::new(),
-            next_token: 1,
-            domains: HashMap::new(),
-            names: HashMap::new(),
-            by_lock: HashMap::new(),
-            waiting: HashMap::new(),
-            basts: HashMap::new(),
-            pending_joins: Vec::new(),
-        };
-        std::thread::Builder::new()
-            .name("o2dlm-core".into())
-            .spawn(move || core.run(rx))
-            .map_err(|_| Error::NoMemory)?;
-        Ok(Runtime {
-            tx,
-            next_holder: AtomicU64::new(1),
-            node: node_slot,
-        })
+        // The settle time counts from when our heartbeat is being written.
+        rt.core().started = Instant::now();
+        let _ = rt.net.set(net);
+        *rt.node.lock().unwrap_or_else(|p| p.into_inner()) = Some(node);
+        Ok(rt)
     }
 
-    pub(crate) fn new_holder(&self) -> HolderId {
-        self.next_holder.fetch_add(1, Ordering::Relaxed)
+    fn core(&self) -> MutexGuard<'_, Core> {
+        self.core.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    pub(crate) fn send(&self, cmd: Command) -> Result<()> {
-        if FENCED.load(Ordering::SeqCst) {
-            return Err(Error::ServiceUnavailable);
+    fn wake_net(&self) {
+        if let Some(n) = self.net.get() {
+            n.wake();
         }
-        self.tx
-            .send(Input::Api(cmd))
-            .map_err(|_| Error::ServiceUnavailable)
     }
 
-    /// Sends a command built around a reply channel and waits for it.
-    pub(crate) fn call<T>(&self, build: impl FnOnce(mpsc::SyncSender<T>) -> Command) -> Result<T> {
-        let (reply, rx) = mpsc::sync_channel(1);
-        self.send(build(reply))?;
-        rx.recv().map_err(|_| Error::ServiceUnavailable)
+    /// Lets the core catch up after an API call changed it; wakes the
+    /// o2net thread only when it has something to send.
+    fn settle(&self, mut core: MutexGuard<'_, Core>, now: Instant) {
+        let wake = core.drive(now);
+        drop(core);
+        if wake {
+            self.wake_net();
+        }
+    }
+
+    fn refuse_if_fenced() -> Result<()> {
+        if FENCED.load(Ordering::Acquire) {
+            Err(Error::ServiceUnavailable)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Joins `domain` (or takes one more reference on it); returns the
+    /// process-local domain index names are keyed by.
+    pub(crate) fn join(&self, domain: &[u8]) -> Result<u32> {
+        Self::refuse_if_fenced()?;
+        let w = Waiter::new();
+        let idx = {
+            let mut core = self.core();
+            let idx = core.intern(domain);
+            let d = core.domains.entry(idx).or_default();
+            d.users += 1;
+            if d.joined && !d.leaving {
+                return Ok(idx);
+            }
+            let first = d.join_waiters.is_empty() && d.id.is_none();
+            d.join_waiters.push(w.clone());
+            if first && !core.pending_joins.contains(&idx) {
+                core.pending_joins.push(idx);
+            }
+            idx
+        };
+        // The o2net thread starts joins once the cluster view settled.
+        self.wake_net();
+        w.wait().map(|()| idx)
+    }
+
+    /// Drops a context's reference on the domain; the last one leaves.
+    pub(crate) fn leave(&self, dom: u32) -> Result<()> {
+        Self::refuse_if_fenced()?;
+        let w = Waiter::new();
+        {
+            let mut core = self.core();
+            let Some(d) = core.domains.get_mut(&dom) else {
+                return Ok(());
+            };
+            d.users = d.users.saturating_sub(1);
+            if d.users > 0 {
+                return Ok(());
+            }
+            d.leaving = true;
+            d.leave_waiters.push(w.clone());
+            let now = Instant::now();
+            core.try_leave(now, dom);
+            self.settle(core, now);
+        }
+        w.wait()
+    }
+
+    /// Takes `key` at `mode` for a new local holder, whose id is returned.
+    /// A lock the node already holds at a sufficient level is granted here
+    /// and now, under the core mutex, without allocating.
+    pub(crate) fn lock(
+        &self,
+        key: &NameKey,
+        mode: Mode,
+        trylock: bool,
+        bast: Option<Arc<BastSignal>>,
+    ) -> Result<HolderId> {
+        Self::refuse_if_fenced()?;
+        let mut core = self.core();
+        if !core.domain_ready(key.dom()) {
+            return Err(Error::Locking);
+        }
+        let holder = core.next_holder;
+        core.next_holder += 1;
+        let entry = core.names.entry(*key).or_insert_with(NameEntry::new);
+        let acts = entry.cache.request(holder, mode, trylock);
+        if matches!(acts.as_slice(), [CacheAction::Granted(h)] if *h == holder) {
+            if let Some(b) = bast {
+                core.basts.insert(holder, b);
+            }
+            return Ok(holder);
+        }
+        let w = Waiter::new();
+        core.waiting.insert(holder, w.clone());
+        if let Some(b) = bast {
+            core.basts.insert(holder, b);
+        }
+        let now = Instant::now();
+        core.apply(now, key, acts);
+        self.settle(core, now);
+        w.wait().map(|()| holder)
+    }
+
+    /// The local holder lets go; the cluster lock stays cached unless
+    /// another node waits for it.
+    pub(crate) fn unlock(&self, key: &NameKey, holder: HolderId, had_bast: bool) -> Result<()> {
+        Self::refuse_if_fenced()?;
+        let mut core = self.core();
+        if had_bast {
+            core.basts.remove(&holder);
+        }
+        let Some(entry) = core.names.get_mut(key) else {
+            return Ok(());
+        };
+        let acts = entry.cache.release(holder);
+        if acts.is_empty() {
+            return Ok(());
+        }
+        let now = Instant::now();
+        core.apply(now, key, acts);
+        self.settle(core, now);
+        Ok(())
+    }
+
+    pub(crate) fn read_lvb(&self, key: &NameKey) -> Result<[u8; 64]> {
+        Self::refuse_if_fenced()?;
+        Ok(self
+            .core()
+            .names
+            .get(key)
+            .map(|e| *e.cache.lvb())
+            .unwrap_or([0; 64]))
+    }
+
+    pub(crate) fn write_lvb(&self, key: &NameKey, data: &[u8]) -> Result<()> {
+        Self::refuse_if_fenced()?;
+        if let Some(e) = self.core().names.get_mut(key) {
+            e.cache.write_lvb(data);
+        }
+        Ok(())
+    }
+
+    /// Gives up the cached cluster lock of an unused name.
+    pub(crate) fn drop_name(&self, key: &NameKey) -> Result<()> {
+        Self::refuse_if_fenced()?;
+        let mut core = self.core();
+        let (op, idle_unlocked) = match core.names.get_mut(key) {
+            None => return Ok(()),
+            Some(e) if e.cache.holders().next().is_some() => return Err(Error::BusyLock),
+            Some(e) => (e.cache.release_cluster(), e.lock.is_none()),
+        };
+        let now = Instant::now();
+        let r = match op {
+            Some(op) => {
+                core.cluster_op(now, key, op);
+                Ok(())
+            }
+            None if idle_unlocked => {
+                core.names.remove(key);
+                Ok(())
+            }
+            None => Err(Error::BusyLock),
+        };
+        self.settle(core, now);
+        r
+    }
+
+    /// Heartbeat events, on the heartbeat thread.
+    fn heartbeat_event(&self, e: NodeEvent) {
+        if FENCED.load(Ordering::Acquire) {
+            return;
+        }
+        if e.is_fence() {
+            self.fence(&e);
+            return;
+        }
+        let now = Instant::now();
+        let mut core = self.core();
+        match e {
+            NodeEvent::NodeUp(n) if n != core.me => {
+                core.live.insert(n);
+                core.dlm.handle_node_up(now, n);
+            }
+            NodeEvent::NodeDown(n) => {
+                core.live.remove(&n);
+                core.linked.remove(&n);
+                core.dlm.handle_node_down(now, n);
+            }
+            _ => {}
+        }
+        self.settle(core, now);
     }
 }
 
@@ -208,8 +389,8 @@ struct DomainEntry {
     id: Option<DomainId>,
     joined: bool,
     users: usize,
-    join_waiters: Vec<mpsc::SyncSender<Result<()>>>,
-    leave_waiters: Vec<mpsc::SyncSender<Result<()>>>,
+    join_waiters: Vec<Arc<Waiter>>,
+    leave_waiters: Vec<Arc<Waiter>>,
     leaving: bool,
 }
 
@@ -218,103 +399,89 @@ struct NameEntry {
     lock: Option<dlm::LockId>,
 }
 
+impl NameEntry {
+    fn new() -> NameEntry {
+        NameEntry {
+            cache: LocalLock::new(),
+            lock: None,
+        }
+    }
+}
+
+/// Everything the DLM side of the node knows, shared by all threads.
 struct Core {
-    node_slot: Arc<Mutex<Option<Node>>>,
     fence_mode: FenceMode,
     dlm: Dlm,
-    net: NetHandle,
     me: u8,
     started: Instant,
     live: BTreeSet<u8>,
     linked: BTreeSet<u8>,
-    /// o2net request id → the DLM's.
-    requests: HashMap<crate::net::RequestId, dlm::RequestId>,
-    /// The DLM's reply token → o2net's (which is not Clone).
-    tokens: HashMap<u64, ReplyToken>,
-    next_token: u64,
-    domains: HashMap<Vec<u8>, DomainEntry>,
-    names: HashMap<(Vec<u8>, Vec<u8>), NameEntry>,
-    by_lock: HashMap<dlm::LockId, (Vec<u8>, Vec<u8>)>,
-    waiting: HashMap<HolderId, mpsc::SyncSender<Result<()>>>,
-    basts: HashMap<HolderId, Arc<BastSignal>>,
+    next_holder: HolderId,
+    /// Domain names ever used in this process → their index (kept for the
+    /// process's life, so keys stay valid across leave and re-join).
+    dom_index: HashMap<Vec<u8>, u32>,
+    domains: FastMap<u32, DomainEntry>,
+    names: FastMap<NameKey, NameEntry>,
+    by_lock: FastMap<dlm::LockId, NameKey>,
+    waiting: FastMap<HolderId, Arc<Waiter>>,
+    basts: FastMap<HolderId, Arc<BastSignal>>,
     /// Joins waiting for the cluster view to settle.
-    pending_joins: Vec<Vec<u8>>,
+    pending_joins: Vec<u32>,
+    /// What the DLM wants sent, for the o2net thread.
+    outbox: VecDeque<dlm::Transmit>,
+    /// Domain keys whose o2net handlers the o2net thread must drop.
+    unregister: Vec<u32>,
 }
 
 impl Core {
-    fn run(mut self, rx: mpsc::Receiver<Input>) {
-        loop {
-            let now = Instant::now();
-            self.dlm.handle_timeout(now);
-            self.start_settled_joins(now);
-            self.flush(now);
-            let wait = self
-                .dlm
-                .poll_timeout()
-                .map(|t| t.saturating_duration_since(Instant::now()))
-                .unwrap_or(Duration::from_millis(500))
-                .min(Duration::from_millis(500));
-            match rx.recv_timeout(wait) {
-                Ok(_) if FENCED.load(Ordering::SeqCst) => {}
-                Ok(Input::Node(e)) => self.node_event(e),
-                Ok(Input::Api(c)) => self.command(c),
-                Err(mpsc::RecvTimeoutError::Timeout) => {}
-                Err(mpsc::RecvTimeoutError::Disconnected) => return,
-            }
+    fn intern(&mut self, domain: &[u8]) -> u32 {
+        if let Some(i) = self.dom_index.get(domain) {
+            return *i;
         }
+        let i = self.dom_index.len() as u32;
+        self.dom_index.insert(domain.to_vec(), i);
+        i
     }
 
-    fn node_event(&mut self, e: NodeEvent) {
-        let now = Instant::now();
-        if e.is_fence() {
-            self.fence(&e);
-            return;
+    fn domain_label(&self, dom: u32) -> String {
+        self.dom_index
+            .iter()
+            .find(|(_, i)| **i == dom)
+            .map(|(n, _)| String::from_utf8_lossy(n).into_owned())
+            .unwrap_or_default()
+    }
+
+    fn domain_name(&self, dom: u32) -> Option<Vec<u8>> {
+        self.dom_index
+            .iter()
+            .find(|(_, i)| **i == dom)
+            .map(|(n, _)| n.clone())
+    }
+
+    fn domain_ready(&self, dom: u32) -> bool {
+        self.domains
+            .get(&dom)
+            .is_some_and(|d| d.joined && !d.leaving)
+    }
+
+    /// Runs the DLM's pending events and collects its messages for the
+    /// o2net thread. True when that thread has work.
+    fn drive(&mut self, now: Instant) -> bool {
+        loop {
+            let mut progress = false;
+            while let Some(t) = self.dlm.poll_transmit() {
+                progress = true;
+                self.outbox.push_back(t);
+            }
+            while let Some(e) = self.dlm.poll_event() {
+                progress = true;
+                self.dlm_event(now, e);
+            }
+            if !progress {
+                break;
+            }
         }
-        match e {
-            NodeEvent::NodeUp(n) => {
-                if n != self.me {
-                    self.live.insert(n);
-                    self.dlm.handle_node_up(now, n);
-                }
-            }
-            NodeEvent::NodeDown(n) => {
-                self.live.remove(&n);
-                self.linked.remove(&n);
-                self.dlm.handle_node_down(now, n);
-            }
-            NodeEvent::Net(NetEvent::LinkUp { node, .. }) => {
-                self.linked.insert(node);
-            }
-            NodeEvent::Net(NetEvent::LinkDown { node, .. }) => {
-                self.linked.remove(&node);
-                self.dlm.handle_link_down(now, node);
-            }
-            NodeEvent::Net(NetEvent::Request(req)) => {
-                let token = dlm::ReplyToken(self.next_token);
-                self.next_token += 1;
-                let (from, t, key) = (req.node, req.header.msg_type, req.header.key);
-                self.tokens.insert(token.0, req.token);
-                if self
-                    .dlm
-                    .handle_request(now, from, t, key, &req.payload, token)
-                    .is_err()
-                {
-                    // Unknown (type, key): o2net answers "no handler" for
-                    // unregistered pairs; a registered one we do not serve
-                    // gets the same meaning.
-                    if let Some(tok) = self.tokens.remove(&token.0) {
-                        self.net.reply(tok, -(libc::ENOPROTOOPT));
-                    }
-                }
-            }
-            NodeEvent::Net(NetEvent::Response { id, result, .. }) => {
-                if let Some(did) = self.requests.remove(&id) {
-                    let r = result.map_err(dlm::TransportError::from);
-                    self.dlm.handle_reply(now, did, r);
-                }
-            }
-            NodeEvent::Net(_) | NodeEvent::Heartbeat(_) => {}
-        }
+        !self.outbox.is_empty() || !self.unregister.is_empty()
     }
 
     /// True once our heartbeat has run long enough for every live node to
@@ -325,11 +492,15 @@ impl Core {
         hb_ok && (links_ok || now.duration_since(self.started) >= CONNECT_WAIT)
     }
 
-    fn start_settled_joins(&mut self, now: Instant) {
+    /// On the o2net thread (it registers the domain's handlers).
+    fn start_settled_joins(&mut self, now: Instant, net: &mut Net) {
         if self.pending_joins.is_empty() || !self.settled(now) {
             return;
         }
-        for name in std::mem::take(&mut self.pending_joins) {
+        for dom in std::mem::take(&mut self.pending_joins) {
+            let Some(name) = self.domain_name(dom) else {
+                continue;
+            };
             let missing: Vec<u8> = self
                 .live
                 .iter()
@@ -338,180 +509,52 @@ impl Core {
                 .collect();
             if !missing.is_empty() {
                 log::error!("o2dlm: cannot join: not connected to nodes {missing:?}");
-                self.finish_join(&name, Err(Error::ServiceUnavailable));
+                self.finish_join(dom, Err(Error::ServiceUnavailable));
                 continue;
             }
             let key = Dlm::domain_key(&name);
             for (t, k, max) in Dlm::domain_handlers(DomainId(key)) {
-                let _ = self.net.register_handler(t, k, max);
+                let _ = net.register_handler(t, k, max);
             }
             match self.dlm.join(now, &name) {
                 Ok(id) => {
-                    if let Some(d) = self.domains.get_mut(&name) {
+                    if let Some(d) = self.domains.get_mut(&dom) {
                         d.id = Some(id);
                     }
                 }
                 Err(e) => {
                     log::error!("o2dlm: join refused: {e:?}");
-                    self.unregister_domain(key);
-                    self.finish_join(&name, Err(Error::ServiceUnavailable));
+                    self.unregister.push(key);
+                    self.finish_join(dom, Err(Error::ServiceUnavailable));
                 }
             }
         }
     }
 
-    fn unregister_domain(&mut self, key: u32) {
-        for (t, k, _) in Dlm::domain_handlers(DomainId(key)) {
-            self.net.unregister_handler(t, k);
-        }
-    }
-
-    fn finish_join(&mut self, name: &[u8], r: Result<()>) {
-        let Some(d) = self.domains.get_mut(name) else {
+    fn finish_join(&mut self, dom: u32, r: Result<()>) {
+        let Some(d) = self.domains.get_mut(&dom) else {
             return;
         };
         let waiters = std::mem::take(&mut d.join_waiters);
         match r {
             Ok(()) => d.joined = true,
             Err(_) => {
-                self.domains.remove(name);
+                self.domains.remove(&dom);
             }
         }
         for w in waiters {
-            let _ = w.send(r);
+            w.finish(r);
         }
     }
 
-    fn command(&mut self, c: Command) {
-        let now = Instant::now();
-        match c {
-            Command::Join { domain, reply } => {
-                let d = self.domains.entry(domain.clone()).or_default();
-                d.users += 1;
-                if d.joined && !d.leaving {
-                    let _ = reply.send(Ok(()));
-                } else {
-                    let first = d.join_waiters.is_empty() && d.id.is_none();
-                    d.join_waiters.push(reply);
-                    if first && !self.pending_joins.contains(&domain) {
-                        self.pending_joins.push(domain);
-                    }
-                    self.start_settled_joins(now);
-                }
-            }
-            Command::Leave { domain, reply } => {
-                let Some(d) = self.domains.get_mut(&domain) else {
-                    let _ = reply.send(Ok(()));
-                    return;
-                };
-                d.users = d.users.saturating_sub(1);
-                if d.users > 0 {
-                    let _ = reply.send(Ok(()));
-                    return;
-                }
-                d.leaving = true;
-                d.leave_waiters.push(reply);
-                self.try_leave(now, &domain);
-            }
-            Command::Lock {
-                domain,
-                name,
-                holder,
-                mode,
-                trylock,
-                bast,
-                reply,
-            } => {
-                if !self
-                    .domains
-                    .get(&domain)
-                    .is_some_and(|d| d.joined && !d.leaving)
-                {
-                    let _ = reply.send(Err(Error::Locking));
-                    return;
-                }
-                self.waiting.insert(holder, reply);
-                if let Some(b) = bast {
-                    self.basts.insert(holder, b);
-                }
-                let key = (domain, name);
-                let entry = self.names.entry(key.clone()).or_insert_with(|| NameEntry {
-                    cache: LocalLock::new(),
-                    lock: None,
-                });
-                let acts = entry.cache.request(holder, mode, trylock);
-                self.apply(now, &key, acts);
-            }
-            Command::Unlock {
-                domain,
-                name,
-                holder,
-            } => {
-                self.basts.remove(&holder);
-                self.waiting.remove(&holder);
-                let key = (domain, name);
-                if let Some(entry) = self.names.get_mut(&key) {
-                    let acts = entry.cache.release(holder);
-                    self.apply(now, &key, acts);
-                }
-            }
-            Command::ReadLvb {
-                domain,
-                name,
-                reply,
-            } => {
-                let lvb = self
-                    .names
-                    .get(&(domain, name))
-                    .map(|e| *e.cache.lvb())
-                    .unwrap_or([0; 64]);
-                let _ = reply.send(lvb);
-            }
-            Command::WriteLvb {
-                domain,
-                name,
-                data,
-                reply,
-            } => {
-                if let Some(e) = self.names.get_mut(&(domain, name)) {
-                    e.cache.write_lvb(&data);
-                }
-                let _ = reply.send(());
-            }
-            Command::Drop {
-                domain,
-                name,
-                reply,
-            } => {
-                let key = (domain, name);
-                let r = match self.names.get_mut(&key) {
-                    None => Ok(()),
-                    Some(e) if e.cache.holders().next().is_some() => Err(Error::BusyLock),
-                    Some(e) => match e.cache.release_cluster() {
-                        Some(op) => {
-                            self.cluster_op(now, &key, op);
-                            Ok(())
-                        }
-                        None if e.lock.is_none() => {
-                            self.names.remove(&key);
-                            Ok(())
-                        }
-                        None => Err(Error::BusyLock),
-                    },
-                };
-                let _ = reply.send(r);
-            }
-        }
-    }
-
-    /// Leaves `domain` once no cluster lock of ours remains in it: idle
+    /// Leaves `dom` once no cluster lock of ours remains in it: idle
     /// cached locks are released first.
-    fn try_leave(&mut self, now: Instant, domain: &[u8]) {
-        let keys: Vec<(Vec<u8>, Vec<u8>)> = self
+    fn try_leave(&mut self, now: Instant, dom: u32) {
+        let keys: Vec<NameKey> = self
             .names
             .keys()
-            .filter(|(d, _)| d == domain)
-            .cloned()
+            .filter(|k| k.dom() == dom)
+            .copied()
             .collect();
         let mut remaining = 0;
         for key in keys {
@@ -530,52 +573,52 @@ impl Core {
         if remaining > 0 {
             return;
         }
-        let Some(id) = self.domains.get(domain).and_then(|d| d.id) else {
-            self.finish_leave(domain);
+        let Some(id) = self.domains.get(&dom).and_then(|d| d.id) else {
+            self.finish_leave(dom);
             return;
         };
         if let Err(e) = self.dlm.leave(now, id) {
             log::warn!("o2dlm: leave: {e:?}");
-            self.finish_leave(domain);
+            self.finish_leave(dom);
         }
     }
 
-    fn finish_leave(&mut self, domain: &[u8]) {
-        if let Some(d) = self.domains.remove(domain) {
+    fn finish_leave(&mut self, dom: u32) {
+        if let Some(d) = self.domains.remove(&dom) {
             if let Some(id) = d.id {
-                self.unregister_domain(id.0);
+                self.unregister.push(id.0);
             }
             for w in d.leave_waiters {
-                let _ = w.send(Ok(()));
+                w.finish(Ok(()));
             }
             // A context that joined meanwhile starts over.
             if !d.join_waiters.is_empty() {
-                let entry = self.domains.entry(domain.to_vec()).or_default();
+                let entry = self.domains.entry(dom).or_default();
                 entry.users = d.join_waiters.len();
                 entry.join_waiters = d.join_waiters;
-                self.pending_joins.push(domain.to_vec());
+                self.pending_joins.push(dom);
             }
         }
     }
 
-    fn apply(&mut self, now: Instant, key: &(Vec<u8>, Vec<u8>), acts: Vec<CacheAction>) {
+    fn apply(&mut self, now: Instant, key: &NameKey, acts: Vec<CacheAction>) {
         for a in acts {
             match a {
                 CacheAction::Granted(h) => {
-                    if let Some(r) = self.waiting.remove(&h) {
-                        let _ = r.send(Ok(()));
+                    if let Some(w) = self.waiting.remove(&h) {
+                        w.finish(Ok(()));
                     }
                 }
                 CacheAction::TryFailed(h) => {
                     self.basts.remove(&h);
-                    if let Some(r) = self.waiting.remove(&h) {
-                        let _ = r.send(Err(Error::TrylockFailed));
+                    if let Some(w) = self.waiting.remove(&h) {
+                        w.finish(Err(Error::TrylockFailed));
                     }
                 }
                 CacheAction::Failed(h) => {
                     self.basts.remove(&h);
-                    if let Some(r) = self.waiting.remove(&h) {
-                        let _ = r.send(Err(Error::Locking));
+                    if let Some(w) = self.waiting.remove(&h) {
+                        w.finish(Err(Error::Locking));
                     }
                 }
                 CacheAction::BlockingNotice { holders, .. } => {
@@ -590,8 +633,8 @@ impl Core {
         }
     }
 
-    fn cluster_op(&mut self, now: Instant, key: &(Vec<u8>, Vec<u8>), op: ClusterOp) {
-        let Some(dom) = self.domains.get(&key.0).and_then(|d| d.id) else {
+    fn cluster_op(&mut self, now: Instant, key: &NameKey, op: ClusterOp) {
+        let Some(dom) = self.domains.get(&key.dom()).and_then(|d| d.id) else {
             self.cluster_failed(now, key);
             return;
         };
@@ -599,16 +642,17 @@ impl Core {
             return;
         };
         let lock = entry.lock;
+        let name = key.name();
         let r = match (op, lock) {
             (ClusterOp::Acquire { mode, noqueue }, None) => {
                 let flags = LockFlags {
                     noqueue,
                     valblk: true,
                 };
-                match self.dlm.lock(now, dom, &key.1, mode, flags) {
+                match self.dlm.lock(now, dom, name, mode, flags) {
                     Ok(id) => {
                         entry.lock = Some(id);
-                        self.by_lock.insert(id, key.clone());
+                        self.by_lock.insert(id, *key);
                         Ok(())
                     }
                     Err(e) => Err(e),
@@ -659,87 +703,42 @@ impl Core {
         };
         if let Err(e) = r {
             log::warn!(
-                "o2dlm: cluster request on {:?} refused: {e:?}",
-                String::from_utf8_lossy(&key.1)
+                "o2dlm: cluster request on {:?} in {} refused: {e:?}",
+                String::from_utf8_lossy(key.name()),
+                self.domain_label(key.dom())
             );
             self.cluster_failed(now, key);
         }
     }
 
-    fn cluster_failed(&mut self, now: Instant, key: &(Vec<u8>, Vec<u8>)) {
+    fn cluster_failed(&mut self, now: Instant, key: &NameKey) {
         if let Some(e) = self.names.get_mut(key) {
             let acts = e.cache.on_failed();
             self.apply(now, key, acts);
         }
     }
 
-    fn flush(&mut self, now: Instant) {
-        loop {
-            let mut progress = false;
-            while let Some(t) = self.dlm.poll_transmit() {
-                progress = true;
-                MESSAGES_SENT.fetch_add(1, Ordering::Relaxed);
-                match t {
-                    dlm::Transmit::Request {
-                        id,
-                        to,
-                        msg_type,
-                        key,
-                        payload,
-                    } => match self.net.send_request(to, msg_type, key, &payload) {
-                        Ok(nid) => {
-                            self.requests.insert(nid, id);
-                        }
-                        Err(e) => {
-                            let err = match e.errno() {
-                                e if e == -libc::ENOTCONN => dlm::TransportError::NotConnected,
-                                e if e == -libc::EHOSTDOWN => dlm::TransportError::HostDown,
-                                e => dlm::TransportError::Other(e),
-                            };
-                            self.dlm.handle_reply(now, id, Err(err));
-                        }
-                    },
-                    dlm::Transmit::Reply { token, status, .. } => {
-                        if let Some(tok) = self.tokens.remove(&token.0) {
-                            self.net.reply(tok, status);
-                        }
-                    }
-                }
-            }
-            while let Some(e) = self.dlm.poll_event() {
-                progress = true;
-                self.dlm_event(now, e);
-            }
-            if !progress {
-                break;
-            }
-        }
-    }
-
-    fn domain_name(&self, id: DomainId) -> Option<Vec<u8>> {
+    fn dom_of(&self, id: DomainId) -> Option<u32> {
         self.domains
             .iter()
             .find(|(_, d)| d.id == Some(id))
-            .map(|(n, _)| n.clone())
+            .map(|(i, _)| *i)
     }
 
     fn dlm_event(&mut self, now: Instant, e: Event) {
         match e {
             Event::JoinDone { domain, result } => {
-                if let Some(name) = self.domain_name(domain) {
+                if let Some(dom) = self.dom_of(domain) {
                     if let Err(err) = &result {
-                        log::error!(
-                            "o2dlm: joining {} failed: {err:?}",
-                            String::from_utf8_lossy(&name)
-                        );
-                        self.unregister_domain(domain.0);
+                        log::error!("o2dlm: joining {} failed: {err:?}", self.domain_label(dom));
+                        self.unregister.push(domain.0);
                     }
-                    self.finish_join(&name, result.map_err(|_| Error::ServiceUnavailable));
+                    self.finish_join(dom, result.map_err(|_| Error::ServiceUnavailable));
                 }
             }
             Event::LeaveDone { domain } => {
-                if let Some(name) = self.domain_name(domain) {
-                    self.finish_leave(&name);
+                if let Some(dom) = self.dom_of(domain) {
+                    self.finish_leave(dom);
                 }
             }
             Event::Ast { lock, mode, lvb } => {
@@ -749,8 +748,7 @@ impl Core {
                 self.with_lock(now, lock, |c| c.on_bast(blocked));
             }
             Event::LockFailed { lock, status } => {
-                let key = self.by_lock.remove(&lock);
-                if let Some(key) = key {
+                if let Some(key) = self.by_lock.remove(&lock) {
                     if let Some(entry) = self.names.get_mut(&key) {
                         entry.lock = None;
                         let acts = if status == DLM_NOTQUEUED {
@@ -786,7 +784,7 @@ impl Core {
     }
 
     /// A cluster lock went away: finish a pending leave, forget idle names.
-    fn after_release(&mut self, now: Instant, key: &(Vec<u8>, Vec<u8>)) {
+    fn after_release(&mut self, now: Instant, key: &NameKey) {
         if self
             .names
             .get(key)
@@ -794,8 +792,8 @@ impl Core {
         {
             self.names.remove(key);
         }
-        if self.domains.get(&key.0).is_some_and(|d| d.leaving) {
-            self.try_leave(now, &key.0.clone());
+        if self.domains.get(&key.dom()).is_some_and(|d| d.leaving) {
+            self.try_leave(now, key.dom());
         }
     }
 
@@ -805,7 +803,7 @@ impl Core {
         lock: dlm::LockId,
         f: impl FnOnce(&mut LocalLock) -> Vec<CacheAction>,
     ) {
-        let Some(key) = self.by_lock.get(&lock).cloned() else {
+        let Some(key) = self.by_lock.get(&lock).copied() else {
             return;
         };
         let Some(entry) = self.names.get_mut(&key) else {
@@ -813,6 +811,135 @@ impl Core {
         };
         let acts = f(&mut entry.cache);
         self.apply(now, &key, acts);
+    }
+}
+
+/// The core's o2net side, run on the o2net thread: peers' requests and
+/// replies are handled there, and the outbox is put on the wire.
+struct NetSide {
+    rt: Arc<Runtime>,
+    /// o2net request id → the DLM's.
+    requests: FastMap<crate::net::RequestId, dlm::RequestId>,
+    /// The DLM's reply token → o2net's (which is not Clone).
+    tokens: FastMap<u64, ReplyToken>,
+    next_token: u64,
+}
+
+impl NetSide {
+    /// Sends what the core queued, until the DLM has nothing more to say.
+    fn pump(&mut self, core: &mut Core, net: &mut Net, now: Instant) {
+        loop {
+            core.drive(now);
+            for key in core.unregister.drain(..) {
+                for (t, k, _) in Dlm::domain_handlers(DomainId(key)) {
+                    net.unregister_handler(t, k);
+                }
+            }
+            if core.outbox.is_empty() {
+                return;
+            }
+            while let Some(t) = core.outbox.pop_front() {
+                MESSAGES_SENT.fetch_add(1, Ordering::Relaxed);
+                match t {
+                    dlm::Transmit::Request {
+                        id,
+                        to,
+                        msg_type,
+                        key,
+                        payload,
+                    } => match net.send_request(to, msg_type, key, &payload) {
+                        Ok(nid) => {
+                            self.requests.insert(nid, id);
+                        }
+                        Err(e) => {
+                            let err = match e.errno() {
+                                e if e == -libc::ENOTCONN => dlm::TransportError::NotConnected,
+                                e if e == -libc::EHOSTDOWN => dlm::TransportError::HostDown,
+                                e => dlm::TransportError::Other(e),
+                            };
+                            core.dlm.handle_reply(now, id, Err(err));
+                        }
+                    },
+                    dlm::Transmit::Reply { token, status, .. } => {
+                        if let Some(tok) = self.tokens.remove(&token.0) {
+                            net.reply(tok, status);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl NetApp for NetSide {
+    fn on_event(&mut self, net: &mut Net, e: NetEvent) {
+        if FENCED.load(Ordering::Acquire) {
+            return;
+        }
+        if let NetEvent::Fence(_) = e {
+            self.rt.fence(&NodeEvent::Net(e));
+            return;
+        }
+        let now = Instant::now();
+        let rt = self.rt.clone();
+        let mut core = rt.core();
+        match e {
+            NetEvent::LinkUp { node, .. } => {
+                core.linked.insert(node);
+            }
+            NetEvent::LinkDown { node, .. } => {
+                core.linked.remove(&node);
+                core.dlm.handle_link_down(now, node);
+            }
+            NetEvent::Request(req) => {
+                let token = dlm::ReplyToken(self.next_token);
+                self.next_token += 1;
+                let (from, t, key) = (req.node, req.header.msg_type, req.header.key);
+                self.tokens.insert(token.0, req.token);
+                if core
+                    .dlm
+                    .handle_request(now, from, t, key, &req.payload, token)
+                    .is_err()
+                {
+                    // Unknown (type, key): o2net answers "no handler" for
+                    // unregistered pairs; a registered one we do not serve
+                    // gets the same meaning.
+                    if let Some(tok) = self.tokens.remove(&token.0) {
+                        net.reply(tok, -(libc::ENOPROTOOPT));
+                    }
+                }
+            }
+            NetEvent::Response { id, result, .. } => {
+                if let Some(did) = self.requests.remove(&id) {
+                    let r = result.map_err(dlm::TransportError::from);
+                    core.dlm.handle_reply(now, did, r);
+                }
+            }
+            _ => {}
+        }
+        self.pump(&mut core, net, now);
+    }
+
+    fn on_wake(&mut self, net: &mut Net, now: Instant) {
+        if FENCED.load(Ordering::Acquire) {
+            return;
+        }
+        let rt = self.rt.clone();
+        let mut core = rt.core();
+        if core.dlm.poll_timeout().is_some_and(|t| t <= now) {
+            core.dlm.handle_timeout(now);
+        }
+        core.start_settled_joins(now, net);
+        self.pump(&mut core, net, now);
+    }
+
+    fn poll_timeout(&mut self) -> Option<Instant> {
+        let core = self.rt.core();
+        let joins = (!core.pending_joins.is_empty()).then(|| Instant::now() + JOIN_POLL);
+        match (core.dlm.poll_timeout(), joins) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 }
 
@@ -840,16 +967,17 @@ impl FenceMode {
     }
 }
 
-impl Core {
+impl Runtime {
     /// The quorum rule or our own heartbeat says this node must stop
-    /// believing it holds anything.
-    fn fence(&mut self, e: &NodeEvent) {
+    /// believing it holds anything. Runs on the o2net or heartbeat thread.
+    fn fence(&self, e: &NodeEvent) {
         let why = match e {
             NodeEvent::Net(NetEvent::Fence(d)) => format!("{d:?}"),
             NodeEvent::Heartbeat(HbEvent::WriteTimeout) => "heartbeat writes timed out".into(),
             other => format!("{other:?}"),
         };
-        if self.fence_mode == FenceMode::Terminate {
+        let mut core = self.core();
+        if core.fence_mode == FenceMode::Terminate {
             eprintln!(
                 "o2dlm[{}]: FENCED: this node lost its place in the cluster ({why}); \
                  terminating so no lock it held can be trusted",
@@ -859,30 +987,31 @@ impl Core {
             // our code (no destructor writes the clean-leave block).
             unsafe { libc::_exit(70) }
         }
+        if FENCED.swap(true, Ordering::AcqRel) {
+            return;
+        }
         eprintln!(
             "o2dlm[{}]: FENCED: this node lost its place in the cluster ({why}); \
              every o2dlm call now fails with O2DLM_ET_SERVICE_UNAVAILABLE",
             std::process::id()
         );
-        FENCED.store(true, Ordering::SeqCst);
-        // Stop heartbeating without the leaving block (peers treat us as
-        // dead and recover) and drop every link.
-        if let Some(node) = self
-            .node_slot
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take()
-        {
-            node.fence();
+        for (_, w) in core.waiting.drain() {
+            w.finish(Err(Error::ServiceUnavailable));
         }
-        for (_, w) in self.waiting.drain() {
-            let _ = w.send(Err(Error::ServiceUnavailable));
-        }
-        for (_, d) in self.domains.drain() {
+        for (_, d) in core.domains.drain() {
             for w in d.join_waiters.into_iter().chain(d.leave_waiters) {
-                let _ = w.send(Err(Error::ServiceUnavailable));
+                w.finish(Err(Error::ServiceUnavailable));
             }
         }
-        self.basts.clear();
+        core.basts.clear();
+        drop(core);
+        // Stop heartbeating without the leaving block (peers treat us as
+        // dead and recover) and drop every link — from another thread,
+        // since stopping joins the very threads this may run on.
+        if let Some(node) = self.node.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            let _ = std::thread::Builder::new()
+                .name("o2dlm-fence".into())
+                .spawn(move || node.fence());
+        }
     }
 }
