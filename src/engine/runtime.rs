@@ -148,6 +148,7 @@ impl Runtime {
                 pending_joins: Vec::new(),
                 outbox: VecDeque::new(),
                 unregister: Vec::new(),
+                armed: None,
             }),
             net: OnceLock::new(),
             node: Mutex::new(None),
@@ -195,7 +196,11 @@ impl Runtime {
     /// Lets the core catch up after an API call changed it; wakes the
     /// o2net thread only when it has something to send.
     fn settle(&self, mut core: MutexGuard<'_, Core>, now: Instant) {
-        let wake = core.drive(now);
+        let mut wake = core.drive(now);
+        // A DLM timer earlier than the one the o2net thread sleeps until.
+        if let Some(t) = core.dlm.poll_timeout() {
+            wake |= core.armed.is_none_or(|a| t < a);
+        }
         drop(core);
         if wake {
             self.wake_net();
@@ -431,6 +436,8 @@ struct Core {
     outbox: VecDeque<dlm::Transmit>,
     /// Domain keys whose o2net handlers the o2net thread must drop.
     unregister: Vec<u32>,
+    /// The deadline the o2net thread sleeps until (None: its default).
+    armed: Option<Instant>,
 }
 
 impl Core {
@@ -934,12 +941,14 @@ impl NetApp for NetSide {
     }
 
     fn poll_timeout(&mut self) -> Option<Instant> {
-        let core = self.rt.core();
+        let mut core = self.rt.core();
         let joins = (!core.pending_joins.is_empty()).then(|| Instant::now() + JOIN_POLL);
-        match (core.dlm.poll_timeout(), joins) {
+        let t = match (core.dlm.poll_timeout(), joins) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
-        }
+        };
+        core.armed = t;
+        t
     }
 }
 
