@@ -14,7 +14,7 @@ BUILD_DIR := $(TARGET_DIR)/$(PROFILE)
 # A staged install used by the C and Python tests.
 STAGE := $(abspath $(TARGET_DIR))/stage
 
-.PHONY: demo all build install stage header test test-deps test-rust test-c test-python test-kernel clean
+.PHONY: demo all build install stage header test test-deps test-rust test-c test-python test-kernel clean bench
 
 all: build
 
@@ -69,3 +69,11 @@ test-kernel: stage
 # The README's main command.
 demo:
 	./tools/demo.sh
+
+# Benchmarks (issue 7): builds benches/ (its own crate) in release mode and
+# runs it; prints the table and writes benches/results/. BENCH_ARGS=--quick
+# for a ~1 minute run.
+BENCH_ARGS ?=
+bench:
+	./benches/install-deps.sh
+	cd benches && $(CARGO) run --release -- $(BENCH_ARGS)

@@ -140,6 +140,11 @@ pub(crate) trait Backend: Send + Sync {
     fn write_lvb(&self, id: &LockId, data: &[u8]) -> Result<usize>;
     /// Releases everything; the context is unusable afterwards.
     fn destroy(&self) -> Result<()>;
+    /// Cluster messages (requests and status replies) this node has sent,
+    /// when the backend can count them.
+    fn messages_sent(&self) -> Option<u64> {
+        None
+    }
 }
 
 /// Which backend `O2DLM_BACKEND` asks for.
@@ -268,9 +273,30 @@ impl Context {
         self.backend.write_lvb(&lookup_id(id)?, data)
     }
 
+    /// o2net messages (DLM requests and status replies) this process's
+    /// engine node has sent so far; None on dlmfs, where the kernel sends.
+    pub fn messages_sent(&self) -> Option<u64> {
+        self.backend.messages_sent()
+    }
+
     pub fn destroy(self) -> Result<()> {
         self.backend.destroy()
     }
+}
+
+/// `o2dlm_supports_bast` / `_stackglue`: what dlmfs publishes; without
+/// dlmfs, BASTs are supported when the engine would serve this process.
+pub fn supports(capability: &str) -> Result<bool> {
+    crate::logging::init_from_env();
+    if let Some(v) = crate::dlmfs::capability_file(capability)? {
+        return Ok(v);
+    }
+    let engine = match BackendChoice::from_env() {
+        Ok(BackendChoice::Engine) => true,
+        Ok(BackendChoice::Auto) => crate::engine::is_configured(),
+        Ok(BackendChoice::Dlmfs) | Err(_) => false,
+    };
+    Ok(engine && capability == "bast")
 }
 
 fn dlmfs_backend(path: Option<&Path>, domain: &[u8]) -> Result<crate::dlmfs::DlmfsBackend> {

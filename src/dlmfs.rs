@@ -77,13 +77,19 @@ fn check_dlmfs_root(path: &Path) -> Result<()> {
 /// Reads a dlmfs capability: `Ok(false)` when dlmfs publishes none (no
 /// file), an error when the file exists but cannot be read.
 pub fn capability(name: &str) -> Result<bool> {
+    Ok(capability_file(name)?.unwrap_or(false))
+}
+
+/// A dlmfs capability: `Ok(None)` when dlmfs publishes no capabilities
+/// file (not loaded, or too old), an error when it cannot be read.
+pub fn capability_file(name: &str) -> Result<Option<bool>> {
     // A test hook: lets the test suites exercise the parsing without dlmfs.
     let path = std::env::var_os("O2DLM_DLMFS_CAPABILITIES")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(CAPABILITIES_PATH));
     match std::fs::read(&path) {
-        Ok(bytes) => Ok(has_capability(&bytes, name)),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+        Ok(bytes) => Ok(Some(has_capability(&bytes, name))),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
         Err(e) => {
             log::error!("cannot read {}: {e}", path.display());
             Err(Error::ServiceUnavailable)

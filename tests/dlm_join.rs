@@ -197,3 +197,18 @@ fn leave_and_rejoin() {
     assert!(joined_ok(&mut c, 1));
     assert_eq!(c.dlm(0).domain_members(d), Some(vec![0, 1]));
 }
+
+#[test]
+fn handler_tables_cover_every_dlm_message() {
+    let m: Vec<u16> = o2dlm::dlm::Dlm::mod_key_handlers()
+        .iter()
+        .map(|h| h.0)
+        .collect();
+    assert_eq!(m, vec![510, 511, 512, 519, 520]);
+    let d = DomainId(0xC5C5_3CEA);
+    let t = o2dlm::dlm::Dlm::domain_handlers(d);
+    assert_eq!(t.len(), 17);
+    assert!(t.iter().all(|h| h.1 == d.0 && h.0 != 501));
+    assert!(t.contains(&(DLM_MIG_LOCKRES_MSG, d.0, 3952)));
+    assert!(t.contains(&(DLM_CONVERT_LOCK_MSG, d.0, 144)));
+}

@@ -115,11 +115,10 @@ fn pr_shared_ex_exclusive_trylock_notqueued_bast_and_grant() {
     // EX trylock from node 1 while node 0 holds PR: refused, no BAST.
     let t = lock(&mut c, 1, d, "L", Mode::Ex, TRY);
     c.run_for(10);
-    assert!(c.events(1).iter().any(|e| *e
-        == Event::LockFailed {
-            lock: t,
-            status: DLM_NOTQUEUED
-        }));
+    assert!(c.events(1).contains(&Event::LockFailed {
+        lock: t,
+        status: DLM_NOTQUEUED
+    }));
     assert!(basts(&c, 0, a).is_empty());
     // Node 1 up-converts to EX: node 0's PR is asked to go.
     c.with(1, |x, now| x.convert(now, b, Mode::Ex, VALBLK, None))

@@ -50,7 +50,7 @@ fn using(s: St) -> Option<Mode> {
     }
 }
 
-fn run(nodes: usize, seed: u64, steps: usize) {
+fn run(nodes: usize, seed: u64, steps: usize, churn: bool) {
     let mut c = Cluster::new(nodes, seed);
     c.shuffle_links = true;
     let mut dom: Option<DomainId> = None;
@@ -68,6 +68,17 @@ fn run(nodes: usize, seed: u64, steps: usize) {
     let mut bast = vec![[false; 3]; nodes];
     let mut committed = [0u64; 3];
     let mut grants = 0usize;
+    // Membership churn: a node drains its locks, leaves, and later rejoins.
+    #[derive(Clone, Copy, PartialEq, Debug)]
+    enum Member {
+        In,
+        Draining,
+        Leaving,
+        Out(usize),
+        Joining,
+    }
+    let mut member = vec![Member::In; nodes];
+    let mut leaves = 0usize;
     for step in 0..steps + 20_000 {
         let stopping = step >= steps;
         let k = rng.next() % 4;
@@ -81,6 +92,19 @@ fn run(nodes: usize, seed: u64, steps: usize) {
         }
         for n in 0..nodes {
             for e in c.take_events(n as u8) {
+                match e {
+                    Event::LeaveDone { .. } => {
+                        member[n] = Member::Out(step + 300);
+                        leaves += 1;
+                        continue;
+                    }
+                    Event::JoinDone { result, .. } => {
+                        assert!(result.is_ok(), "seed {seed}: rejoin failed");
+                        member[n] = Member::In;
+                        continue;
+                    }
+                    _ => {}
+                }
                 let Some(i) = (0..3).find(|&i| match st[n][i] {
                     St::Requesting(l)
                     | St::Held(l, _)
@@ -112,6 +136,7 @@ fn run(nodes: usize, seed: u64, steps: usize) {
                         st[n][i] = St::Held(lock, mode);
                     }
                     Event::Bast { .. } => bast[n][i] = true,
+                    Event::LeaveDone { .. } | Event::JoinDone { .. } => {}
                     Event::LockFailed { .. } | Event::Unlocked { .. } => {
                         st[n][i] = St::Idle;
                         bast[n][i] = false;
@@ -123,7 +148,6 @@ fn run(nodes: usize, seed: u64, steps: usize) {
                             st[n][i] = St::Idle;
                         }
                     }
-                    _ => {}
                 }
             }
         }
@@ -145,8 +169,29 @@ fn run(nodes: usize, seed: u64, steps: usize) {
                 }
             }
         }
+        // Membership changes.
+        if churn && !stopping && step % 500 == 250 {
+            let n = (rng.next() % nodes as u64) as usize;
+            if member.iter().all(|m| *m == Member::In) {
+                member[n] = Member::Draining;
+            }
+        }
+        for n in 0..nodes {
+            match member[n] {
+                Member::Draining if st[n].iter().all(|s| *s == St::Idle) => {
+                    c.with(n as u8, |x, now| x.leave(now, d)).unwrap();
+                    member[n] = Member::Leaving;
+                }
+                Member::Out(at) if step >= at || stopping => {
+                    c.with(n as u8, |x, now| x.join(now, b"stress")).unwrap();
+                    member[n] = Member::Joining;
+                }
+                _ => {}
+            }
+        }
         // Client actions.
         let n = (rng.next() % nodes as u64) as usize;
+        let leaving = member[n] != Member::In;
         let i = (rng.next() % 3) as usize;
         let name = NAMES[i];
         let vb = LockFlags {
@@ -154,7 +199,7 @@ fn run(nodes: usize, seed: u64, steps: usize) {
             valblk: true,
         };
         match st[n][i] {
-            St::Idle if !stopping && rng.chance(40) => {
+            St::Idle if !stopping && !leaving && rng.chance(40) => {
                 let mode = if rng.chance(50) { Mode::Ex } else { Mode::Pr };
                 let flags = LockFlags {
                     noqueue: rng.chance(20),
@@ -167,7 +212,7 @@ fn run(nodes: usize, seed: u64, steps: usize) {
                     .unwrap();
                 st[n][i] = St::Requesting(l);
             }
-            St::Held(l, m) if bast[n][i] || stopping || rng.chance(25) => {
+            St::Held(l, m) if bast[n][i] || stopping || leaving || rng.chance(25) => {
                 bast[n][i] = false;
                 let lvb = if m == Mode::Ex {
                     committed[i] += 1;
@@ -175,7 +220,7 @@ fn run(nodes: usize, seed: u64, steps: usize) {
                 } else {
                     None
                 };
-                if stopping || rng.chance(60) {
+                if stopping || leaving || rng.chance(60) {
                     c.with(n as u8, |x, now| {
                         x.unlock(
                             now,
@@ -200,7 +245,7 @@ fn run(nodes: usize, seed: u64, steps: usize) {
                     st[n][i] = St::Converting(l, m, to);
                 }
             }
-            St::Converting(l, from, to) if to > from && (bast[n][i] || stopping) => {
+            St::Converting(l, from, to) if to > from && (bast[n][i] || stopping || leaving) => {
                 // Give way instead of deadlocking on a conversion.
                 bast[n][i] = false;
                 let _ = c.with(n as u8, |x, now| {
@@ -215,7 +260,7 @@ fn run(nodes: usize, seed: u64, steps: usize) {
                     )
                 });
             }
-            St::Requesting(l) if stopping && rng.chance(5) => {
+            St::Requesting(l) if (stopping || leaving) && rng.chance(5) => {
                 let _ = c.with(n as u8, |x, now| {
                     x.unlock(
                         now,
@@ -230,12 +275,20 @@ fn run(nodes: usize, seed: u64, steps: usize) {
             }
             _ => {}
         }
-        if stopping && st.iter().all(|s| s.iter().all(|x| *x == St::Idle)) {
+        if stopping
+            && st.iter().all(|s| s.iter().all(|x| *x == St::Idle))
+            && member.iter().all(|m| *m == Member::In)
+        {
+            if churn {
+                assert!(leaves > 0, "seed {seed}: no node left");
+            }
             c.run_for(20_000);
             for n in 0..nodes as u8 {
                 assert_eq!(c.dlm(n).outstanding_requests(), 0, "seed {seed}");
             }
             assert!(grants > 10, "seed {seed}: only {grants} grants");
+            let v = o2dlm::dlm::sim::kernel_safety_violations(&c.log);
+            assert!(v.is_empty(), "seed {seed}: {v:?}");
             return;
         }
     }
@@ -245,13 +298,23 @@ fn run(nodes: usize, seed: u64, steps: usize) {
 #[test]
 fn three_nodes_random_interleavings() {
     for seed in 1..=12 {
-        run(3, seed, 3_000);
+        run(3, seed, 3_000, false);
     }
 }
 
 #[test]
 fn five_nodes_random_interleavings() {
     for seed in 100..=104 {
-        run(5, seed, 3_000);
+        run(5, seed, 3_000, false);
+    }
+}
+
+#[test]
+fn nodes_leave_and_rejoin_under_load() {
+    for seed in 200..=209 {
+        run(3, seed, 3_000, true);
+    }
+    for seed in 300..=302 {
+        run(4, seed, 3_000, true);
     }
 }

@@ -26,6 +26,7 @@ fn cfg(path: &Path, local: u8, all: &[u8]) -> EngineConfig {
         cluster_name: "t".into(),
         local: node(local),
         nodes: all.iter().map(|&n| node(n)).collect(),
+        advertised: all.iter().map(|&n| node(n)).collect(),
         timeouts: Timeouts::default(),
         heartbeat: HeartbeatGeometry {
             device: path.to_path_buf(),

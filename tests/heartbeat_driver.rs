@@ -30,6 +30,7 @@ fn cfg(path: &Path, local: u8, all: &[u8], threshold: u32) -> EngineConfig {
         cluster_name: "test".into(),
         local: node(local),
         nodes: all.iter().map(|&n| node(n)).collect(),
+        advertised: all.iter().map(|&n| node(n)).collect(),
         timeouts: Timeouts {
             heartbeat_threshold: threshold,
             ..Timeouts::default()

@@ -30,6 +30,7 @@ pub const VAR_CLUSTER_CONF: &str = "O2DLM_CLUSTER_CONF";
 pub const VAR_BOOTCLUSTER: &str = "O2CB_BOOTCLUSTER";
 pub const VAR_NODE: &str = "O2DLM_NODE";
 pub const VAR_SYSCONFIG: &str = "O2DLM_O2CB_SYSCONFIG";
+pub const VAR_ADVERTISED_CONF: &str = "O2DLM_ADVERTISED_CONF";
 pub const DEFAULT_CLUSTER_CONF: &str = "/etc/ocfs2/cluster.conf";
 /// Debian-style first, then Red Hat-style, as o2cb's init script looks.
 pub const DEFAULT_SYSCONFIGS: [&str; 2] = ["/etc/default/o2cb", "/etc/sysconfig/o2cb"];
@@ -90,8 +91,15 @@ pub struct NodeConf {
 pub struct EngineConfig {
     pub cluster_name: String,
     pub local: NodeConf,
-    /// All nodes of the cluster, the local one included, sorted by number.
+    /// All nodes of the cluster, the local one included, sorted by number,
+    /// with the addresses this node uses to reach them.
     pub nodes: Vec<NodeConf>,
+    /// The same nodes with the addresses the cluster itself knows them by
+    /// (what QUERY_NODEINFO compares between nodes). Equal to `nodes`
+    /// unless O2DLM_ADVERTISED_CONF names another cluster.conf — needed
+    /// when this node reaches peers through forwarded ports (e.g. a kernel
+    /// in qemu), where its own view of the addresses differs.
+    pub advertised: Vec<NodeConf>,
     pub timeouts: Timeouts,
     pub heartbeat: HeartbeatGeometry,
 }
@@ -228,10 +236,29 @@ impl EngineConfig {
                 ),
             ));
         }
+        let advertised = match nonempty(get(VAR_ADVERTISED_CONF)) {
+            None => nodes.clone(),
+            Some(path) => {
+                let text = std::fs::read_to_string(&path)
+                    .map_err(|e| ConfigError::var(&path, format!("cannot read: {e}")))?;
+                let adv = cluster_conf::parse(&path, &text)?.nodes_of(&cluster_name);
+                let numbers = |v: &[NodeConf]| v.iter().map(|n| n.number).collect::<Vec<_>>();
+                if numbers(&adv) != numbers(&nodes) {
+                    return Err(ConfigError::var(
+                        VAR_ADVERTISED_CONF,
+                        format!(
+                            "{path} must list the same node numbers for cluster '{cluster_name}' as {conf_path}"
+                        ),
+                    ));
+                }
+                adv
+            }
+        };
         Ok(EngineConfig {
             cluster_name,
             local,
             nodes,
+            advertised,
             timeouts,
             heartbeat,
         })

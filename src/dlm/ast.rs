@@ -97,6 +97,13 @@ impl Dlm {
             return;
         }
         l.granted = Some(mode);
+        if let Some(super::domain::Op {
+            stage: Stage::Sent(id),
+            ..
+        }) = l.op
+        {
+            l.reply_pending = Some(id);
+        }
         l.op = None;
         // A cancel still in flight will be answered CANCELGRANT.
         if let Some(v) = lvb {

@@ -61,6 +61,7 @@ impl Dlm {
     ) {
         if !self.op_sent_as(cookie, id) {
             // The grant AST overtook this reply; it already completed.
+            self.late_reply(now, cookie, id);
             return;
         }
         match r {

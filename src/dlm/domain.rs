@@ -246,6 +246,10 @@ pub(crate) struct UserLock {
     pub cancel: Option<Stage>,
     /// The lksb's LVB copy.
     pub lvb: Lvb,
+    /// The AST completed a request whose reply has not arrived: like a
+    /// kernel caller (blocked in dlmlock until the reply), send nothing
+    /// new for this lock before it does.
+    pub reply_pending: Option<RequestId>,
 }
 
 #[derive(Debug)]

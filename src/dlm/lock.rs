@@ -53,6 +53,7 @@ impl Dlm {
                 }),
                 cancel: None,
                 lvb: [0; 64],
+                reply_pending: None,
             },
         );
         self.run_op(now, cookie);
@@ -77,7 +78,7 @@ impl Dlm {
             return;
         };
         let Some(op) = l.op else { return };
-        if op.stage != Stage::Waiting {
+        if op.stage != Stage::Waiting || l.reply_pending.is_some() {
             return;
         }
         let (key, name) = (l.domain, l.name);
@@ -292,6 +293,18 @@ impl Dlm {
         self.arm(Self::after(now, ms), Timer::OpRetry(cookie));
     }
 
+    /// The reply of a request an AST already completed: the lock may send
+    /// again.
+    pub(crate) fn late_reply(&mut self, now: Instant, cookie: u64, id: RequestId) {
+        let Some(l) = self.locks.get_mut(&cookie) else {
+            return;
+        };
+        if l.reply_pending == Some(id) {
+            l.reply_pending = None;
+            self.run_op(now, cookie);
+        }
+    }
+
     pub(crate) fn retry_op(&mut self, now: Instant, cookie: u64) {
         let cancel_waiting = self
             .locks
@@ -313,6 +326,7 @@ impl Dlm {
     ) {
         if !self.op_sent_as(cookie, id) {
             // Already granted by an AST that overtook this reply.
+            self.late_reply(now, cookie, id);
             return;
         }
         match r {

@@ -19,6 +19,9 @@ impl Dlm {
             return true;
         };
         let names: Vec<LockName> = d.resources.keys().copied().collect();
+        // Purges first (their DEREFs go out at once), then migrations, as
+        // the kernel's DLM thread purges before the exit loop migrates.
+        let mut migrate = Vec::new();
         for name in names {
             let Some(d) = self.domains.get(&key) else {
                 return true;
@@ -44,7 +47,7 @@ impl Dlm {
                     continue;
                 }
                 if let Some(t) = migration_target(r, &d.exit_map, &d.domain_map, me) {
-                    self.start_migration(now, key, name, t);
+                    migrate.push((name, t));
                 }
             } else if r.owner.is_some() {
                 if r.waiting_ops.is_empty() && !r.migrating && !r.recovering {
@@ -55,6 +58,9 @@ impl Dlm {
                     d.resources.remove(&name);
                 }
             }
+        }
+        for (name, t) in migrate {
+            self.start_migration(now, key, name, t);
         }
         self.domains
             .get(&key)
@@ -325,12 +331,13 @@ impl Dlm {
                 _ => r.q.blocked.push(lock),
             }
         }
-        // The kernel takes the LVB only from other nodes' records (capture
-        // 06 shows it lost when the only record is the target's own); the
-        // old master's value is authoritative, so we keep it whenever a
-        // PR/EX holder exists. Kernel peers then see the true value instead
-        // of zeros.
-        if lvb_holder && m.lvb != [0; 64] {
+        // The kernel takes the LVB only from other nodes' PR/EX records
+        // (capture 06 shows it lost when the only record is the target's
+        // own). In a migration the old master's value is authoritative, so
+        // we always keep it: kernel peers then read the true value where a
+        // kernel target would have given them zeros.
+        let _ = lvb_holder;
+        if m.lvb != [0; 64] {
             r.q.lvb.0 = m.lvb;
         }
         if m.flags & DLM_MRES_ALL_DONE != 0 {

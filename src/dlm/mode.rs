@@ -26,11 +26,10 @@ impl Mode {
 
     /// Can a lock held in `self` coexist with one held in `other`?
     pub fn compatible(self, other: Mode) -> bool {
-        match (self, other) {
-            (Mode::Nl, _) | (_, Mode::Nl) => true,
-            (Mode::Pr, Mode::Pr) => true,
-            _ => false,
-        }
+        matches!(
+            (self, other),
+            (Mode::Nl, _) | (_, Mode::Nl) | (Mode::Pr, Mode::Pr)
+        )
     }
 }
 

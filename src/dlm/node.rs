@@ -46,6 +46,19 @@ pub enum TransportError {
     Other(i32),
 }
 
+impl From<crate::net::NetError> for TransportError {
+    fn from(e: crate::net::NetError) -> TransportError {
+        use crate::net::NetError as N;
+        match e {
+            N::NoHandler => TransportError::NoHandler,
+            N::Overflow => TransportError::Overflow,
+            N::HostDown => TransportError::HostDown,
+            N::NotConnected => TransportError::NotConnected,
+            other => TransportError::Other(other.errno()),
+        }
+    }
+}
+
 /// Something to put on the wire.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Transmit {
@@ -353,6 +366,25 @@ impl Dlm {
 
     // ----- queries (for the engine and tests) ------------------------------
 
+    /// The o2net handlers to register while the DLM runs: (msg_type,
+    /// DLM_MOD_KEY, max_len) for the join-time messages.
+    pub fn mod_key_handlers() -> Vec<(u16, u32, u32)> {
+        (500..=522u16)
+            .filter(|&t| uses_mod_key(t))
+            .filter_map(|t| registered_max_len(t).map(|l| (t, DLM_MOD_KEY, l as u32)))
+            .collect()
+    }
+
+    /// The o2net handlers of one domain: register them right after `join`
+    /// (before sending its first transmit), unregister after `LeaveDone` or
+    /// a failed `JoinDone`.
+    pub fn domain_handlers(domain: DomainId) -> Vec<(u16, u32, u32)> {
+        (500..=522u16)
+            .filter(|&t| !uses_mod_key(t))
+            .filter_map(|t| registered_max_len(t).map(|l| (t, domain.0, l as u32)))
+            .collect()
+    }
+
     /// Whether a handler for (msg_type, key) is registered here: the
     /// DLM_MOD_KEY ones always, domain ones from join start to leave end.
     pub fn is_registered(&self, msg_type: u16, key: u32) -> bool {
@@ -574,10 +606,7 @@ impl Dlm {
 
     /// Fires every timer due at `now`.
     pub fn handle_timeout(&mut self, now: Instant) {
-        loop {
-            let Some(i) = self.timers.iter().position(|(t, _)| *t <= now) else {
-                break;
-            };
+        while let Some(i) = self.timers.iter().position(|(t, _)| *t <= now) {
             let (_, timer) = self.timers.remove(i);
             self.fire(now, timer);
         }

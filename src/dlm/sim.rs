@@ -460,3 +460,137 @@ impl Cluster {
             .collect()
     }
 }
+
+/// Checks a delivered-message log against §10 of o2dlm-protocol.md: the
+/// replies and requests that make a Linux kernel node BUG. Returns one line
+/// per violation (empty: a kernel peer would have survived this traffic).
+pub fn kernel_safety_violations(log: &[Record]) -> Vec<String> {
+    use crate::wire::dlm::*;
+    use std::collections::{HashMap, HashSet};
+    let mut bad = Vec::new();
+    // (joiner, responder) pairs where the responder said JOIN_OK and the
+    // joiner has not finished (ASSERT_JOINED answered 0) or cancelled.
+    let mut join_ok: HashSet<(u8, u8)> = HashSet::new();
+    // Lock cookies whose last create/convert asked for the LVB.
+    let mut wants_lvb: HashMap<(LockName, u64), bool> = HashMap::new();
+    // Last asserted master of each name.
+    let mut owner: HashMap<LockName, u8> = HashMap::new();
+    // Converts in flight per (owner, master), oldest first.
+    let mut converts: HashMap<(u8, u8), VecDeque<u64>> = HashMap::new();
+    for r in log {
+        match r {
+            Record::Reply {
+                from,
+                to,
+                msg_type,
+                result: Ok(s),
+                ..
+            } => {
+                let s = *s;
+                let ok = match *msg_type {
+                    DLM_MASTER_REQUEST_MSG => (0..=3).contains(&s),
+                    DLM_ASSERT_MASTER_MSG => s >= 0,
+                    DLM_CREATE_LOCK_MSG => s != DLM_REJECTED,
+                    DLM_PROXY_AST_MSG => s != DLM_RECOVERING && s != DLM_MIGRATING,
+                    DLM_MIG_LOCKRES_MSG => s != -14,
+                    _ => true,
+                };
+                if !ok {
+                    bad.push(format!(
+                        "node {from} answered {msg_type} from {to} with {s}"
+                    ));
+                }
+                match *msg_type {
+                    DLM_QUERY_JOIN_MSG if QueryJoinResponse::from_status(s).code == JOIN_OK => {
+                        join_ok.insert((*to, *from));
+                    }
+                    DLM_ASSERT_JOINED_MSG if s == 0 => {
+                        join_ok.remove(&(*to, *from));
+                    }
+                    DLM_CONVERT_LOCK_MSG => {
+                        if let Some(q) = converts.get_mut(&(*to, *from)) {
+                            q.pop_front();
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            Record::Reply { .. } => {}
+            Record::Request { from, to, .. } => {
+                let Some(m) = r.message() else {
+                    bad.push(format!("node {from} sent an undecodable request to {to}"));
+                    continue;
+                };
+                match m {
+                    DlmMessage::AssertJoined(_) | DlmMessage::CancelJoin(_) => {
+                        if !join_ok.contains(&(*from, *to)) {
+                            bad.push(format!(
+                                "node {from} sent {m:?} to {to}, which is not letting it join"
+                            ));
+                        }
+                        if matches!(m, DlmMessage::CancelJoin(_)) {
+                            join_ok.remove(&(*from, *to));
+                        }
+                    }
+                    DlmMessage::CreateLock(c) => {
+                        wants_lvb.insert((c.name, c.cookie), c.flags & LKM_GET_LVB != 0);
+                    }
+                    DlmMessage::ConvertLock(c) => {
+                        wants_lvb.insert((c.name, c.cookie), c.flags & LKM_GET_LVB != 0);
+                        let q = converts.entry((*from, *to)).or_default();
+                        if q.contains(&c.cookie) {
+                            bad.push(format!(
+                                "node {from}: two converts in flight for {:#x}",
+                                c.cookie
+                            ));
+                        }
+                        q.push_back(c.cookie);
+                    }
+                    DlmMessage::AssertMaster(a) => {
+                        owner.insert(a.name, a.node_idx);
+                    }
+                    DlmMessage::ProxyAst(p) => {
+                        if owner.get(&p.name) == Some(to) {
+                            bad.push(format!(
+                                "node {from} sent PROXY_AST for {} to its master {to}",
+                                p.name
+                            ));
+                        }
+                        if p.flags & LKM_GET_LVB != 0
+                            && wants_lvb.get(&(p.name, p.cookie)) == Some(&false)
+                        {
+                            bad.push(format!(
+                                "PROXY_AST with LVB for {:#x}, which did not ask",
+                                p.cookie
+                            ));
+                        }
+                    }
+                    DlmMessage::MigLockres(mr) => {
+                        if mr.flags & (DLM_MRES_RECOVERY | DLM_MRES_MIGRATION) == 0 {
+                            bad.push("MIG_LOCKRES without RECOVERY/MIGRATION".into());
+                        }
+                        if mr.master == DLM_LOCK_RES_OWNER_UNKNOWN
+                            && mr.flags & DLM_MRES_RECOVERY == 0
+                        {
+                            bad.push("MIG_LOCKRES master 255 without RECOVERY".into());
+                        }
+                        if mr.locks.iter().any(|l| l.highest_blocked != LKM_IVMODE) {
+                            bad.push("MIG_LOCKRES record with highest_blocked set".into());
+                        }
+                        let dummies = mr.locks.iter().filter(|l| l.cookie == 0).count();
+                        if dummies > 0 && mr.locks.len() > 1 {
+                            bad.push("MIG_LOCKRES dummy lock not alone".into());
+                        }
+                        if mr.flags & DLM_MRES_RECOVERY != 0
+                            && mr.locks.iter().any(|l| l.node == *to)
+                        {
+                            bad.push("recovery data holds the receiver's own lock".into());
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+    bad
+}

@@ -233,6 +233,10 @@ impl Backend for EngineBackend {
         Ok(data.len())
     }
 
+    fn messages_sent(&self) -> Option<u64> {
+        Some(runtime::MESSAGES_SENT.load(std::sync::atomic::Ordering::Relaxed))
+    }
+
     fn destroy(&self) -> Result<()> {
         let held: Vec<(LockId, u64)> = self
             .locks()

@@ -13,8 +13,8 @@ use crate::driver::net_io::NetHandle;
 use crate::driver::node::{Node, NodeEvent};
 use crate::error::{Error, Result};
 use crate::heartbeat::HbEvent;
-use crate::net::{NetError, NetEvent, ReplyToken};
-use crate::wire::dlm::{registered_max_len, uses_mod_key, NodeInfo, DLM_MOD_KEY, DLM_NOTQUEUED};
+use crate::net::{NetEvent, ReplyToken};
+use crate::wire::dlm::{NodeInfo, DLM_NOTQUEUED};
 use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
@@ -78,11 +78,16 @@ enum Input {
 pub(crate) struct Runtime {
     tx: mpsc::Sender<Input>,
     next_holder: AtomicU64,
-    /// Keeps the drivers alive; taken at process exit for a clean stop.
-    node: Mutex<Option<Node>>,
+    /// Keeps the drivers alive; taken at process exit for a clean stop, or
+    /// by the core thread when it fences.
+    node: Arc<Mutex<Option<Node>>>,
 }
 
 static RUNTIME: Mutex<Option<Arc<Runtime>>> = Mutex::new(None);
+/// Set once this node fenced itself in `refuse` mode: every call fails.
+pub(crate) static FENCED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+/// DLM messages (requests and status replies) this process has sent.
+pub(crate) static MESSAGES_SENT: AtomicU64 = AtomicU64::new(0);
 
 /// The process's runtime, started on first use.
 pub(crate) fn get() -> Result<Arc<Runtime>> {
@@ -129,7 +134,7 @@ impl Runtime {
         })?;
         let net = node.net().ok_or(Error::ServiceUnavailable)?;
         let nodes = cfg
-            .nodes
+            .advertised
             .iter()
             .map(|n| NodeInfo {
                 num: n.number,
@@ -140,17 +145,16 @@ impl Runtime {
         let me = cfg.local.number;
         let mut dlm_cfg = DlmConfig::new(me, nodes);
         dlm_cfg.seed = std::process::id() as u64 ^ (me as u64) << 32;
-        for t in 500u16..=522 {
-            if uses_mod_key(t) {
-                if let Some(max) = registered_max_len(t) {
-                    if let Err(e) = net.register_handler(t, DLM_MOD_KEY, max as u32) {
-                        log::error!("o2dlm: cannot register handler {t}: {e:?}");
-                        return Err(Error::ServiceUnavailable);
-                    }
-                }
+        for (t, key, max) in Dlm::mod_key_handlers() {
+            if let Err(e) = net.register_handler(t, key, max) {
+                log::error!("o2dlm: cannot register handler {t}: {e:?}");
+                return Err(Error::ServiceUnavailable);
             }
         }
+        let node_slot = Arc::new(Mutex::new(Some(node)));
         let core = Core {
+            node_slot: node_slot.clone(),
+            fence_mode: FenceMode::from_env(),
             dlm: Dlm::new(dlm_cfg),
             net,
             me,
@@ -174,7 +178,7 @@ impl Runtime {
         Ok(Runtime {
             tx,
             next_holder: AtomicU64::new(1),
-            node: Mutex::new(Some(node)),
+            node: node_slot,
         })
     }
 
@@ -183,6 +187,9 @@ impl Runtime {
     }
 
     pub(crate) fn send(&self, cmd: Command) -> Result<()> {
+        if FENCED.load(Ordering::SeqCst) {
+            return Err(Error::ServiceUnavailable);
+        }
         self.tx
             .send(Input::Api(cmd))
             .map_err(|_| Error::ServiceUnavailable)
@@ -212,6 +219,8 @@ struct NameEntry {
 }
 
 struct Core {
+    node_slot: Arc<Mutex<Option<Node>>>,
+    fence_mode: FenceMode,
     dlm: Dlm,
     net: NetHandle,
     me: u8,
@@ -246,6 +255,7 @@ impl Core {
                 .unwrap_or(Duration::from_millis(500))
                 .min(Duration::from_millis(500));
             match rx.recv_timeout(wait) {
+                Ok(_) if FENCED.load(Ordering::SeqCst) => {}
                 Ok(Input::Node(e)) => self.node_event(e),
                 Ok(Input::Api(c)) => self.command(c),
                 Err(mpsc::RecvTimeoutError::Timeout) => {}
@@ -257,7 +267,8 @@ impl Core {
     fn node_event(&mut self, e: NodeEvent) {
         let now = Instant::now();
         if e.is_fence() {
-            fence(&e);
+            self.fence(&e);
+            return;
         }
         match e {
             NodeEvent::NodeUp(n) => {
@@ -298,7 +309,7 @@ impl Core {
             }
             NodeEvent::Net(NetEvent::Response { id, result, .. }) => {
                 if let Some(did) = self.requests.remove(&id) {
-                    let r = result.map_err(transport_error);
+                    let r = result.map_err(dlm::TransportError::from);
                     self.dlm.handle_reply(now, did, r);
                 }
             }
@@ -331,12 +342,8 @@ impl Core {
                 continue;
             }
             let key = Dlm::domain_key(&name);
-            for t in 500u16..=522 {
-                if !uses_mod_key(t) {
-                    if let Some(max) = registered_max_len(t) {
-                        let _ = self.net.register_handler(t, key, max as u32);
-                    }
-                }
+            for (t, k, max) in Dlm::domain_handlers(DomainId(key)) {
+                let _ = self.net.register_handler(t, k, max);
             }
             match self.dlm.join(now, &name) {
                 Ok(id) => {
@@ -354,10 +361,8 @@ impl Core {
     }
 
     fn unregister_domain(&mut self, key: u32) {
-        for t in 500u16..=522 {
-            if !uses_mod_key(t) && registered_max_len(t).is_some() {
-                self.net.unregister_handler(t, key);
-            }
+        for (t, k, _) in Dlm::domain_handlers(DomainId(key)) {
+            self.net.unregister_handler(t, k);
         }
     }
 
@@ -673,6 +678,7 @@ impl Core {
             let mut progress = false;
             while let Some(t) = self.dlm.poll_transmit() {
                 progress = true;
+                MESSAGES_SENT.fetch_add(1, Ordering::Relaxed);
                 match t {
                     dlm::Transmit::Request {
                         id,
@@ -810,30 +816,73 @@ impl Core {
     }
 }
 
-fn transport_error(e: NetError) -> dlm::TransportError {
-    match e {
-        NetError::NoHandler => dlm::TransportError::NoHandler,
-        NetError::Overflow => dlm::TransportError::Overflow,
-        NetError::HostDown => dlm::TransportError::HostDown,
-        other => dlm::TransportError::Other(other.errno()),
+/// What this node does when it must fence itself (`O2DLM_FENCE`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum FenceMode {
+    /// End the process at once (default): like the kernel, which resets
+    /// the machine, nothing that believed it held a lock keeps running.
+    Terminate,
+    /// Stay alive but fail every call of every context with
+    /// SERVICE_UNAVAILABLE and never grant again.
+    Refuse,
+}
+
+impl FenceMode {
+    fn from_env() -> FenceMode {
+        match std::env::var("O2DLM_FENCE").ok().as_deref() {
+            None | Some("") | Some("terminate") => FenceMode::Terminate,
+            Some("refuse") => FenceMode::Refuse,
+            Some(other) => {
+                log::error!("O2DLM_FENCE={other:?} is not terminate or refuse; using terminate");
+                FenceMode::Terminate
+            }
+        }
     }
 }
 
-/// The quorum rule or our own heartbeat says this node must stop believing
-/// it holds anything. Like the kernel, which resets the machine, the only
-/// safe reaction inside a process is to end it at once.
-fn fence(e: &NodeEvent) -> ! {
-    let why = match e {
-        NodeEvent::Net(NetEvent::Fence(d)) => format!("{d:?}"),
-        NodeEvent::Heartbeat(HbEvent::WriteTimeout) => "heartbeat writes timed out".into(),
-        other => format!("{other:?}"),
-    };
-    eprintln!(
-        "o2dlm[{}]: FENCED: this node lost its place in the cluster ({why}); \
-         terminating so no lock it held can be trusted",
-        std::process::id()
-    );
-    // SAFETY: _exit ends the process without running any more of our code
-    // (no destructors that might write the clean-leave heartbeat block).
-    unsafe { libc::_exit(70) }
+impl Core {
+    /// The quorum rule or our own heartbeat says this node must stop
+    /// believing it holds anything.
+    fn fence(&mut self, e: &NodeEvent) {
+        let why = match e {
+            NodeEvent::Net(NetEvent::Fence(d)) => format!("{d:?}"),
+            NodeEvent::Heartbeat(HbEvent::WriteTimeout) => "heartbeat writes timed out".into(),
+            other => format!("{other:?}"),
+        };
+        if self.fence_mode == FenceMode::Terminate {
+            eprintln!(
+                "o2dlm[{}]: FENCED: this node lost its place in the cluster ({why}); \
+                 terminating so no lock it held can be trusted",
+                std::process::id()
+            );
+            // SAFETY: _exit ends the process without running any more of
+            // our code (no destructor writes the clean-leave block).
+            unsafe { libc::_exit(70) }
+        }
+        eprintln!(
+            "o2dlm[{}]: FENCED: this node lost its place in the cluster ({why}); \
+             every o2dlm call now fails with O2DLM_ET_SERVICE_UNAVAILABLE",
+            std::process::id()
+        );
+        FENCED.store(true, Ordering::SeqCst);
+        // Stop heartbeating without the leaving block (peers treat us as
+        // dead and recover) and drop every link.
+        if let Some(node) = self
+            .node_slot
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+        {
+            node.fence();
+        }
+        for (_, w) in self.waiting.drain() {
+            let _ = w.send(Err(Error::ServiceUnavailable));
+        }
+        for (_, d) in self.domains.drain() {
+            for w in d.join_waiters.into_iter().chain(d.leave_waiters) {
+                let _ = w.send(Err(Error::ServiceUnavailable));
+            }
+        }
+        self.basts.clear();
+    }
 }

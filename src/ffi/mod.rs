@@ -332,7 +332,7 @@ fn supports(name: &str, out: *mut c_int) -> errcode_t {
         if out.is_null() {
             return Err(Error::InvalidArgs);
         }
-        let yes = crate::dlmfs::capability(name)?;
+        let yes = crate::api::supports(name)?;
         // SAFETY: non-NULL and writable per the callers' contract.
         unsafe { out.write(yes as c_int) };
         Ok(())
