@@ -347,3 +347,64 @@ fn master_leaves_while_others_hold_its_locks() {
     }
     eprintln!("master left (destroy + exit) in {leave:?}");
 }
+
+#[test]
+fn master_leaves_under_load_and_with_a_waiter() {
+    let c = cluster("mload", 171, 4, port(5));
+    let mut a = Client::spawn(&c, 0, "ml");
+    let mut b = Client::spawn(&c, 1, "ml");
+    let mut cc = Client::spawn(&c, 2, "ml");
+    let mut d = Client::spawn(&c, 3, "ml");
+    join_all(&mut [&mut a, &mut b, &mut cc, &mut d]);
+    // A masters k0..k9 (counter 1 each) and holds k0 EX while B waits.
+    for k in 0..10 {
+        a.ok(&format!("incr k{k}"));
+    }
+    a.ok("lock k0 ex");
+    a.ok("write k0 1");
+    b.send("lock k0 pr");
+    // C and D keep incrementing k1..k9 while A leaves.
+    const ROUNDS: usize = 30;
+    for n in [&mut cc, &mut d] {
+        for i in 0..ROUNDS {
+            n.send(&format!("incr k{}", 1 + i % 9));
+            n.send("sleep 20");
+        }
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(!b.has_unread_op(), "B got k0 while A holds EX");
+    let l = a.ok("destroy");
+    // The waiter is served by A's leaving (its EX lock goes first).
+    let got = b.next_op(OP);
+    assert_eq!(field(&got, "rc"), Some("OK"), "{got}\n{}", b.dump());
+    assert_eq!(field(&b.ok("read k0"), "text"), Some("1"));
+    for n in [&mut cc, &mut d] {
+        for _ in 0..2 * ROUNDS {
+            let l = n.next_op(Duration::from_secs(30));
+            assert_eq!(field(&l, "rc"), Some("OK"), "{}: {l}\n{}", n.name, n.dump());
+        }
+    }
+    b.ok("unlock k0");
+    let migrated = a.stderr_count("migrates k");
+    assert!(
+        migrated >= 9,
+        "A migrated only {migrated} names\n{}",
+        a.dump()
+    );
+    // No increment was lost across the change of masters.
+    let mut total = 0u64;
+    for k in 0..10 {
+        b.ok(&format!("lock k{k} pr"));
+        let v = b.ok(&format!("read k{k}"));
+        total += field(&v, "text").unwrap().parse::<u64>().unwrap();
+        b.ok(&format!("unlock k{k}"));
+    }
+    assert_eq!(total, 10 + 2 * ROUNDS as u64, "increments lost");
+    // A rejoins and takes part again.
+    a.ok("init");
+    a.ok("incr k5");
+    for n in [&mut a, &mut b, &mut cc, &mut d] {
+        assert!(n.finish(OP).success(), "{}", n.dump());
+    }
+    eprintln!("master with a waiter and 2 loaded nodes left: {l}; {migrated} names migrated");
+}

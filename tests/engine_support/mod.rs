@@ -283,6 +283,12 @@ impl Client {
             .collect()
     }
 
+    /// Every stderr line (the engine's log), for post-mortems.
+    pub fn stderr_all(&self) -> String {
+        let err = self.err.0.lock().unwrap();
+        err.iter().map(|(_, l)| format!("{l}\n")).collect()
+    }
+
     pub fn dump(&self) -> String {
         let mut s = format!("--- {} (pid {}) stdout:\n", self.name, self.child.id());
         for (_, l) in self.out.0.lock().unwrap().iter() {
