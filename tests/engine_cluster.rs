@@ -3,7 +3,7 @@
 //! readers that never see it go back, a shared file whose records would
 //! interleave), trylock, BASTs through the pollable fd, LVB passing, leave
 //! and rejoin (same and new process), and a master leaving the domain while
-//! others hold its locks (migration).
+//! others hold its locks (migration), and a holder killed outright.
 //!
 //! Each test has its own cluster (own addresses and heartbeat file), so
 //! they run in parallel; each node's first join takes ~10 s.
@@ -191,6 +191,28 @@ fn trylock_bast_and_lvb_passing() {
     assert_eq!(field(&a.ok("read R"), "text"), Some("held-by-c"));
     a.ok("unlock R");
     eprintln!("release-on-BAST handover: {}", l);
+
+    // A PR holder is not disturbed by another PR request, only by EX.
+    a.ok("bast P pr");
+    b.ok("lock P pr");
+    std::thread::sleep(SHORT);
+    assert_eq!(
+        a.count_lines(&["event=bast ", "name=P"]),
+        0,
+        "BAST for a compatible PR"
+    );
+    b.ok("unlock P");
+    cc.send("lock P ex");
+    assert!(
+        a.wait_line(&["event=bast ", "name=P"], OP).is_some(),
+        "no BAST on the PR holder for EX\n{}",
+        dump_all(&[&a, &cc])
+    );
+    std::thread::sleep(SHORT);
+    assert!(!cc.has_unread_op(), "EX granted while A holds PR");
+    a.ok("unlock P");
+    assert_eq!(field(&cc.next_op(OP), "rc"), Some("OK"));
+    cc.ok("unlock P");
 
     for n in [&mut a, &mut b, &mut cc] {
         assert!(n.finish(OP).success(), "{}", n.dump());
@@ -407,4 +429,59 @@ fn master_leaves_under_load_and_with_a_waiter() {
         assert!(n.finish(OP).success(), "{}", n.dump());
     }
     eprintln!("master with a waiter and 2 loaded nodes left: {l}; {migrated} names migrated");
+}
+
+/// What recovery already does (README "Status"): a dead node's locks on
+/// names a survivor masters are dropped and the waiters granted, with the
+/// LVB blanked as the kernel does when the dead node held EX; new names
+/// work once the node is declared dead.
+#[test]
+fn killed_holder_frees_locks_a_survivor_masters() {
+    let c = cluster("death", 181, 3, port(6));
+    let mut a = Client::spawn(&c, 0, "dd");
+    let mut b = Client::spawn(&c, 1, "dd");
+    let mut cc = Client::spawn(&c, 2, "dd");
+    join_all(&mut [&mut a, &mut b, &mut cc]);
+    // B masters L; A holds it EX with an LVB; C waits for PR.
+    b.ok("lock L ex");
+    b.ok("write L from-b");
+    b.ok("unlock L");
+    a.ok("lock L ex");
+    assert_eq!(field(&a.ok("read L"), "text"), Some("from-b"));
+    a.ok("write L from-a");
+    cc.send("lock L pr");
+    std::thread::sleep(SHORT);
+    assert!(!cc.has_unread_op(), "C granted while A holds EX");
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(a.pid() as i32, libc::SIGKILL) };
+    let t = Instant::now();
+    // Dead after THRESHOLD heartbeat periods of silence, give or take one.
+    let got = cc.next_op(Duration::from_secs(40));
+    let waited = t.elapsed();
+    assert_eq!(
+        field(&got, "rc"),
+        Some("OK"),
+        "{got}\n{}",
+        dump_all(&[&b, &cc])
+    );
+    assert!(
+        waited >= Duration::from_secs(8),
+        "granted {waited:?} after the kill: before A could be declared dead"
+    );
+    // A died holding EX: its LVB cannot be trusted and reads as zeros.
+    let l = cc.ok("read L");
+    assert_eq!(field(&l, "text"), Some(""), "{l}");
+    cc.ok("unlock L");
+    // The survivors carry on, with old and new names.
+    b.ok("incr L");
+    cc.ok("incr fresh");
+    b.ok("incr fresh");
+    cc.ok("lock fresh pr");
+    assert_eq!(field(&cc.ok("read fresh"), "text"), Some("2"));
+    cc.ok("unlock fresh");
+    for n in [&mut b, &mut cc] {
+        assert!(n.finish(OP).success(), "{}", n.dump());
+        assert_eq!(n.stderr_count("FENCED"), 0, "{}", n.dump());
+    }
+    eprintln!("waiter granted {waited:?} after its holder was killed");
 }
