@@ -136,6 +136,14 @@ fn trylock_bast_and_lvb_passing() {
         let l = b.call(&format!("lock L {lvl} try"));
         assert_eq!(field(&l, "rc"), Some("O2DLM_ET_TRYLOCK_FAILED"), "{l}");
     }
+    // A refused trylock queues nothing, so it sends no BAST (as o2dlm).
+    std::thread::sleep(SHORT);
+    assert_eq!(
+        a.count_lines(&["event=bast "]),
+        0,
+        "BAST from a trylock\n{}",
+        a.dump()
+    );
     // A blocking request from B: A's fd becomes readable and
     // process_bast runs the callback; B waits meanwhile.
     b.send("lock L pr");
