@@ -19,7 +19,13 @@ const SHORT: Duration = Duration::from_millis(700);
 #[test]
 fn mutual_exclusion_counter_readers_and_file() {
     const NODES: u8 = 4;
-    const N: usize = 40;
+    // O2DLM_TEST_ROUNDS raises the rounds for a longer soak.
+    let n_rounds: usize = std::env::var("O2DLM_TEST_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(40);
+    #[allow(non_snake_case)]
+    let N = n_rounds;
     let c = cluster("mutex", 121, NODES, port(1));
     let path = c.dir.join("shared.log");
     let path = path.to_str().unwrap();
@@ -47,7 +53,7 @@ fn mutual_exclusion_counter_readers_and_file() {
         let mut last_seen = 0u64;
         let mut last_incr = 0u64;
         for _ in 0..N * 7 {
-            let l = n.next_op(Duration::from_secs(60));
+            let l = n.next_op(Duration::from_secs(60 + N as u64));
             assert_eq!(field(&l, "rc"), Some("OK"), "{}: {l}\n{}", n.name, n.dump());
             match field(&l, "op") {
                 Some("incr") => {
