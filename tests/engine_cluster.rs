@@ -466,8 +466,7 @@ fn killed_holder_frees_locks_a_survivor_masters() {
     cc.send("lock L pr");
     std::thread::sleep(SHORT);
     assert!(!cc.has_unread_op(), "C granted while A holds EX");
-    // SAFETY: kill(2) on our own child.
-    unsafe { libc::kill(a.pid() as i32, libc::SIGKILL) };
+    a.kill();
     let t = Instant::now();
     // Dead after THRESHOLD heartbeat periods of silence, give or take one.
     let got = cc.next_op(Duration::from_secs(40));
