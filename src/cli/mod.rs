@@ -2,6 +2,7 @@
 
 mod heartbeat;
 mod node;
+mod simulate;
 
 use std::process::ExitCode;
 
@@ -10,6 +11,7 @@ const USAGE: &str = "usage: o2dlm <command> [args]
 commands:
   heartbeat DEVICE   print every used slot of a heartbeat region
   node               run this node (heartbeat + o2net) until interrupted
+  simulate           deterministic cluster simulation sweeps and replays
   help               this text
 ";
 
@@ -23,6 +25,7 @@ pub fn main(args: Vec<String>) -> ExitCode {
     match cmd.as_str() {
         "heartbeat" => heartbeat::run(rest),
         "node" => node::run(rest),
+        "simulate" => simulate::run(rest),
         "help" | "-h" | "--help" => {
             print!("{USAGE}");
             ExitCode::SUCCESS

@@ -188,6 +188,8 @@ pub enum Act {
 pub enum FaultKind {
     /// The connection between `a` and `b` breaks for `ms`.
     Link { a: u8, b: u8, ms: u32 },
+    /// Every connection of `node` is cut for `ms` (a partition of one).
+    Isolate { node: u8, ms: u32 },
     /// Node stops for `ms` (a SIGSTOP or a VM stall).
     Pause { node: u8, ms: u32 },
     /// Node dies (process killed) and starts again after `ms`.
@@ -222,6 +224,7 @@ impl Item {
             Item::Fault { at, kind } => {
                 at + match kind {
                     FaultKind::Link { ms, .. }
+                    | FaultKind::Isolate { ms, .. }
                     | FaultKind::Pause { ms, .. }
                     | FaultKind::Crash { ms, .. } => *ms,
                 }
@@ -329,6 +332,13 @@ impl Schedule {
                 let at = START_MS + r.below(u64::from(span)) as u32;
                 let node = r.below(u64::from(nodes)) as u8;
                 let kind = match kinds[r.below(kinds.len() as u64) as usize] {
+                    // With three nodes or more a single broken link stalls
+                    // o2net for good (no reconnect, and the quorum rule
+                    // fences nobody): cut a whole node off instead.
+                    0 if nodes > 2 => FaultKind::Isolate {
+                        node,
+                        ms: r.range(20, 3000) as u32,
+                    },
                     0 => {
                         let mut b = r.below(u64::from(nodes) - 1) as u8;
                         if b >= node {
@@ -478,6 +488,7 @@ pub fn item_text(i: &Item) -> String {
         }
         Item::Fault { at, kind } => match kind {
             FaultKind::Link { a, b, ms } => format!("{at} fault link n{a} n{b} {ms}ms"),
+            FaultKind::Isolate { node, ms } => format!("{at} fault isolate n{node} {ms}ms"),
             FaultKind::Pause { node, ms } => format!("{at} fault pause n{node} {ms}ms"),
             FaultKind::Crash { node, ms } => format!("{at} fault crash n{node} {ms}ms"),
         },
@@ -545,6 +556,10 @@ fn parse_item(l: &str, nodes: u8) -> Result<Item, String> {
                     a: node(w[3])?,
                     b: node(w[4])?,
                     ms: ms(w[5])?,
+                },
+                ("isolate", 5) => FaultKind::Isolate {
+                    node: node(w[3])?,
+                    ms: ms(w[4])?,
                 },
                 ("pause", 5) => FaultKind::Pause {
                     node: node(w[3])?,

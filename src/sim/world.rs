@@ -20,7 +20,7 @@ use crate::dlm::{
 };
 use crate::heartbeat::{HbEvent, HbParams, Heartbeat, PERIOD};
 use crate::net::quorum::{Decision, Quorum};
-use crate::wire::dlm::{DLM_NORMAL, DLM_NOTQUEUED, DLM_UNLOCK_LOCK_MSG};
+use crate::wire::dlm::{uses_mod_key, DlmMessage, DLM_NORMAL, DLM_NOTQUEUED, DLM_UNLOCK_LOCK_MSG};
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fmt;
 use std::time::{Duration, Instant};
@@ -98,8 +98,28 @@ enum Frame {
         id: RequestId,
         msg_type: u16,
         result: Result<i32, TransportError>,
+        dom: u32,
     },
 }
+
+/// The domain a request belongs to (join-time messages name it inside).
+fn msg_domain(msg_type: u16, key: u32, payload: &[u8]) -> u32 {
+    if !uses_mod_key(msg_type) {
+        return key;
+    }
+    let name = match DlmMessage::decode(msg_type, payload) {
+        Ok(DlmMessage::QueryJoin(m)) => m.domain,
+        Ok(DlmMessage::AssertJoined(m)) => m.domain,
+        Ok(DlmMessage::CancelJoin(m)) => m.domain,
+        Ok(DlmMessage::QueryRegion(m)) => m.domain,
+        Ok(DlmMessage::QueryNodeinfo(m)) => m.domain,
+        _ => return 0,
+    };
+    Dlm::domain_key(name.as_bytes())
+}
+
+/// A request being handled: (requester, request, type, conn gen, domain).
+type Token = (u8, RequestId, u16, u32, u32);
 
 struct Msg {
     at: u64,
@@ -290,7 +310,8 @@ pub struct World {
     links: Vec<VecDeque<Msg>>,
     link_last: Vec<u64>,
     conns: Vec<Conn>,
-    tokens: HashMap<(u8, u64), (u8, RequestId, u16, u32)>,
+    /// (receiver, token) -> (requester, request, type, conn gen, domain).
+    tokens: HashMap<(u8, u64), Token>,
     next_token: u64,
     next_seq: u64,
     disk: Vec<u8>,
@@ -298,7 +319,9 @@ pub struct World {
     net_rng: Rng,
     node_rng: Rng,
     next_item: usize,
-    log: Vec<Record>,
+    /// Delivered messages with their domain key (for the kernel checks,
+    /// which follow one domain at a time).
+    log: Vec<(u32, Record)>,
     ghosts: Vec<Ghost>,
     lvb: BTreeMap<(u8, u8), LvbModel>,
     next_lvb: u64,
@@ -513,7 +536,19 @@ impl World {
         if let Some(f) = self.fail.take() {
             return Err(f);
         }
-        let bad = kernel_safety_violations(&self.log);
+        let mut doms: Vec<u32> = self.log.iter().map(|(d, _)| *d).collect();
+        doms.sort_unstable();
+        doms.dedup();
+        let mut bad = Vec::new();
+        for d in doms {
+            let part: Vec<Record> = self
+                .log
+                .iter()
+                .filter(|(x, _)| *x == d)
+                .map(|(_, r)| r.clone())
+                .collect();
+            bad.extend(kernel_safety_violations(&part));
+        }
         if let Some(b) = bad.first() {
             return Err(Failure {
                 kind: FailKind::KernelBug,
@@ -635,6 +670,7 @@ impl World {
         let mut fenced = false;
         while let Some(e) = self.nodes[i].hb.poll_event() {
             if e == HbEvent::WriteTimeout {
+                self.tr(|| format!("n{i}: heartbeat write timeout"));
                 fenced = true;
             }
         }
@@ -723,7 +759,7 @@ impl World {
     /// The node's own heartbeat says it may no longer be in the cluster:
     /// like the engine, it ends at once; it restarts a little later.
     fn fence(&mut self, i: usize) {
-        self.tr(|| format!("n{i} fenced (heartbeat write timeout)"));
+        self.tr(|| format!("n{i} fenced"));
         self.crash(i);
         let inc = self.nodes[i].inc;
         let at = self.now + 2_000 + self.net_rng.below(3_000);
@@ -876,7 +912,7 @@ impl World {
                 );
             }
             Transmit::Reply { token, to, status } => {
-                let Some((req_from, id, msg_type, gen)) = self.tokens.remove(&(from, token.0))
+                let Some((req_from, id, msg_type, gen, dom)) = self.tokens.remove(&(from, token.0))
                 else {
                     self.fail(
                         FailKind::KernelBug,
@@ -902,6 +938,7 @@ impl World {
                         id,
                         msg_type,
                         result: Ok(status),
+                        dom,
                     },
                 );
             }
@@ -928,7 +965,9 @@ impl World {
                 let token = self.next_token;
                 self.next_token += 1;
                 let gen = self.conns[self.conn_ix(from, to)].gen;
-                self.tokens.insert((to, token), (from, id, msg_type, gen));
+                let dom = msg_domain(msg_type, key, &payload);
+                self.tokens
+                    .insert((to, token), (from, id, msg_type, gen, dom));
                 let r = self.nodes[i].dlm.handle_request(
                     now,
                     from,
@@ -937,14 +976,17 @@ impl World {
                     &payload,
                     ReplyToken(token),
                 );
-                self.log.push(Record::Request {
-                    at_ms,
-                    from,
-                    to,
-                    msg_type,
-                    key,
-                    payload,
-                });
+                self.log.push((
+                    dom,
+                    Record::Request {
+                        at_ms,
+                        from,
+                        to,
+                        msg_type,
+                        key,
+                        payload,
+                    },
+                ));
                 if r.is_err() {
                     self.tokens.remove(&(to, token));
                     self.enqueue(
@@ -954,6 +996,7 @@ impl World {
                             id,
                             msg_type,
                             result: Err(TransportError::NoHandler),
+                            dom,
                         },
                     );
                 }
@@ -963,15 +1006,19 @@ impl World {
                 id,
                 msg_type,
                 result,
+                dom,
             } => {
                 self.tr(|| format!("n{from}->n{to} reply {msg_type} {result:?}"));
-                self.log.push(Record::Reply {
-                    at_ms,
-                    from,
-                    to,
-                    msg_type,
-                    result,
-                });
+                self.log.push((
+                    dom,
+                    Record::Reply {
+                        at_ms,
+                        from,
+                        to,
+                        msg_type,
+                        result,
+                    },
+                ));
                 self.nodes[i].dlm.handle_reply(now, id, result);
                 self.pump(i);
             }
@@ -1011,6 +1058,17 @@ impl World {
                 self.conns[ci].blocked_until = self.conns[ci].blocked_until.max(until);
                 self.break_conn(a, b, true);
                 self.push_agenda(until, Agenda::LinkRestore(a, b));
+            }
+            FaultKind::Isolate { node, ms } => {
+                for p in 0..self.n as u8 {
+                    if p != node {
+                        self.apply_fault(FaultKind::Link {
+                            a: node.min(p),
+                            b: node.max(p),
+                            ms,
+                        });
+                    }
+                }
             }
             FaultKind::Pause { node, ms } => {
                 let i = node as usize;
