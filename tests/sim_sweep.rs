@@ -117,3 +117,26 @@ fn checker_catches_a_dropped_unlock() {
 fn checker_catches_a_lost_lvb_write() {
     caught(Broken::LoseLvb, FailKind::Lvb);
 }
+
+/// A finding of the simulator, kept as a regression schedule: the engine's
+/// handling of a refused cancel (the conversion was granted by the local
+/// master, its AST still queued) fails the waiter and issues a
+/// down-convert on top of the queued grant. The simulator's default glue
+/// ignores the refusal and passes the same schedule.
+#[test]
+fn engine_refused_cancel_handling_is_caught() {
+    let text = "o2dlm-sim seed=0xf4790 nodes=4 domains=1 names=3 cache_clients=2 direct_clients=1 faults=delays,pauses broken=engine-cancel
+12273 op n0 c2 lock d0 s0 ex try
+13209 op n0 c1 lock d0 s0 pr
+13467 op n0 c1 unlock
+17321 op n0 c0 lock d0 s0 ex
+17689 op n1 c1 lock d0 s0 ex
+";
+    let s = Schedule::from_text(text).unwrap();
+    let f = sim::run_schedule(&s).expect_err("the engine's cancel handling must be caught");
+    assert_eq!(f.kind, FailKind::DoubleGrant, "{f}");
+    let mut fixed = s.clone();
+    fixed.cfg.broken = None;
+    let ok = sim::run_schedule(&fixed);
+    assert!(ok.is_ok(), "{ok:?}");
+}

@@ -22,7 +22,8 @@ Options (the same ones must be given to replay a seed):
                               need node-death recovery in the DLM)
   --cache-clients C           clients per node through LocalLock (default 2)
   --direct-clients C          clients per node on the Dlm API (default 1)
-  --broken grant|unlock|lvb   a deliberately broken variant (checker demo)
+  --broken grant|unlock|lvb   a deliberately broken variant (checker demo);
+  --broken engine-cancel      the engine's current refused-cancel handling
   --shrink-runs N             re-runs allowed for shrinking (default 5000)
   --trace                     print every step of the (shrunk) run
 

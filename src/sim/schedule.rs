@@ -103,6 +103,13 @@ pub enum Broken {
     DropUnlock,
     /// Down-converts and releases from EX write no LVB back.
     LoseLvb,
+    /// Not a made-up bug: the engine's own handling (runtime.rs
+    /// `cluster_op`) of a cancel the DLM refuses because the conversion it
+    /// targets was already granted (its AST still queued): it fails the
+    /// local waiter and issues the next cluster op on top of the pending
+    /// grant. This simulator found it; the default glue ignores the
+    /// refusal instead (the queued AST completes the request).
+    EngineCancel,
 }
 
 impl Broken {
@@ -111,7 +118,10 @@ impl Broken {
             "grant" => Ok(Broken::GrantOnRefusal),
             "unlock" => Ok(Broken::DropUnlock),
             "lvb" => Ok(Broken::LoseLvb),
-            o => Err(format!("unknown broken variant '{o}' (grant, unlock, lvb)")),
+            "engine-cancel" => Ok(Broken::EngineCancel),
+            o => Err(format!(
+                "unknown broken variant '{o}' (grant, unlock, lvb, engine-cancel)"
+            )),
         }
     }
 
@@ -120,6 +130,7 @@ impl Broken {
             Broken::GrantOnRefusal => "grant",
             Broken::DropUnlock => "unlock",
             Broken::LoseLvb => "lvb",
+            Broken::EngineCancel => "engine-cancel",
         }
     }
 }

@@ -1629,7 +1629,9 @@ impl World {
                                 hid,
                             };
                         }
-                        // A waiter that gave up is already idle.
+                        // A waiter that gave up is already idle or on to
+                        // another request: like the engine, ignore it.
+                        Some(Client::Cache { hid, .. }) if hid != h => {}
                         Some(Client::Cache {
                             st: CacheSt::Idle, ..
                         }) => {}
@@ -1744,7 +1746,12 @@ impl World {
         };
         if r.is_err() {
             self.tr(|| format!("n{i} cluster op {op:?} refused: {r:?}"));
-            self.cluster_failed(i, key);
+            // A refused cancel means the request it targets has completed
+            // and its AST/failure event is queued: that event finishes it.
+            // (The engine fails the waiter here instead; see EngineCancel.)
+            if op != ClusterOp::Cancel || broken == Some(Broken::EngineCancel) {
+                self.cluster_failed(i, key);
+            }
         }
         self.pump(i);
     }
