@@ -260,6 +260,8 @@ struct Node {
     doms: Vec<DomSt>,
     names: BTreeMap<(u8, u8), NameEntry>,
     by_lock: BTreeMap<u64, Owner>,
+    /// (domain, name) of every lock in `by_lock`.
+    lock_names: BTreeMap<u64, (u8, u8)>,
     expect: BTreeMap<u64, Expect>,
     clients: Vec<Client>,
     pending_link_down: Vec<u8>,
@@ -287,7 +289,10 @@ struct Ghost {
 #[derive(Debug, Clone, Copy, Default)]
 struct LvbModel {
     last: u64,
-    /// An EX holder died since the last write: zero is acceptable too.
+    /// Zero is acceptable too: an EX holder died since the last write,
+    /// or at some moment no lock at all existed on the resource (it may
+    /// have been purged, and a new one starts with a zero LVB, as in the
+    /// kernel).
     invalid: bool,
 }
 
@@ -396,6 +401,7 @@ fn new_node(num: u8, n: usize, sched: &Schedule, inc: u32, first_hb: u64, rng: &
         doms: vec![DomSt::Out; c.domains.max(1) as usize],
         names: BTreeMap::new(),
         by_lock: BTreeMap::new(),
+        lock_names: BTreeMap::new(),
         expect: BTreeMap::new(),
         clients,
         pending_link_down: Vec::new(),
@@ -1232,6 +1238,7 @@ impl World {
         for k in ex {
             self.lvb.entry(k).or_default().invalid = true;
         }
+        let names: Vec<(u8, u8)> = self.nodes[i].lock_names.values().copied().collect();
         self.nodes[i].run = Run::Down;
         self.nodes[i].live = 0;
         for p in 0..self.n as u8 {
@@ -1243,9 +1250,35 @@ impl World {
             g.waiting &= !(1 << i);
         }
         self.ghosts.retain(|g| g.waiting != 0);
+        for k in names {
+            self.check_unused(k);
+        }
     }
 
     // ----- the checker ------------------------------------------------------
+
+    /// A lock of node `i` is gone.
+    fn forget_lock(&mut self, i: usize, lock: LockId) {
+        self.nodes[i].by_lock.remove(&lock.0);
+        if let Some(k) = self.nodes[i].lock_names.remove(&lock.0) {
+            self.check_unused(k);
+        }
+    }
+
+    /// No lock left on the resource anywhere: it may be purged, and its
+    /// LVB with it.
+    fn check_unused(&mut self, k: (u8, u8)) {
+        let used = self
+            .nodes
+            .iter()
+            .filter(|nd| nd.run != Run::Down)
+            .any(|nd| nd.lock_names.values().any(|x| *x == k));
+        if !used {
+            if let Some(m) = self.lvb.get_mut(&k) {
+                m.invalid = true;
+            }
+        }
+    }
 
     /// Client `c` of node `i` now holds (`dom`, `name`) at `mode`: nobody
     /// else may hold it incompatibly (paused nodes are checked when they
@@ -1299,7 +1332,7 @@ impl World {
                 format!(
                     "n{i} c{c} read LVB {v} on d{dom}/s{name}; last written under EX: {}{}",
                     model.last,
-                    if model.invalid { " (or invalid)" } else { "" }
+                    if model.invalid { " (or zero)" } else { "" }
                 ),
             ),
         }
@@ -1431,6 +1464,7 @@ impl World {
                         mode,
                     });
                     nd.by_lock.insert(lock.0, Owner::Direct(c as u8));
+                    nd.lock_names.insert(lock.0, (dom, name));
                     nd.expect.insert(
                         lock.0,
                         Expect::Grant {
@@ -1670,6 +1704,7 @@ impl World {
                     Ok(id) => {
                         entry.lock = Some(id);
                         nd.by_lock.insert(id.0, Owner::Cache(key.0, key.1));
+                        nd.lock_names.insert(id.0, key);
                         nd.expect.insert(
                             id.0,
                             Expect::Grant {
@@ -1847,7 +1882,7 @@ impl World {
                 self.with_cache(i, key, |en| en.cache.on_granted(mode, lvb));
             }
             Event::LockFailed { status, .. } => {
-                self.nodes[i].by_lock.remove(&lock.0);
+                self.forget_lock(i, lock);
                 self.with_cache(i, key, |en| {
                     en.lock = None;
                     if status == DLM_NOTQUEUED && grant_on_refusal {
@@ -1870,7 +1905,7 @@ impl World {
                 });
             }
             Event::Unlocked { .. } => {
-                self.nodes[i].by_lock.remove(&lock.0);
+                self.forget_lock(i, lock);
                 self.with_cache(i, key, |en| {
                     en.lock = None;
                     en.cache.on_released()
@@ -1918,7 +1953,7 @@ impl World {
                 DirectSt::Creating { lock: l, .. },
                 Event::LockFailed { .. } | Event::Cancelled { .. },
             ) if l == lock => {
-                self.nodes[i].by_lock.remove(&lock.0);
+                self.forget_lock(i, lock);
                 DirectSt::Idle
             }
             (
@@ -1956,7 +1991,7 @@ impl World {
                 mode: from,
             },
             (DirectSt::Unlocking { lock: l }, Event::Unlocked { .. }) if l == lock => {
-                self.nodes[i].by_lock.remove(&lock.0);
+                self.forget_lock(i, lock);
                 DirectSt::Idle
             }
             (st, e) => {
