@@ -3,6 +3,7 @@
 mod client;
 mod heartbeat;
 mod node;
+mod simulate;
 
 use std::process::ExitCode;
 
@@ -12,6 +13,7 @@ commands:
   client DOMAIN      a scriptable lock client (commands on stdin; see client --help)
   heartbeat DEVICE   print every used slot of a heartbeat region
   node               run this node (heartbeat + o2net) until interrupted
+  simulate           deterministic cluster simulation sweeps and replays
   help               this text
 ";
 
@@ -26,6 +28,7 @@ pub fn main(args: Vec<String>) -> ExitCode {
         "client" => client::run(rest),
         "heartbeat" => heartbeat::run(rest),
         "node" => node::run(rest),
+        "simulate" => simulate::run(rest),
         "help" | "-h" | "--help" => {
             print!("{USAGE}");
             ExitCode::SUCCESS
