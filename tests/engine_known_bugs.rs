@@ -8,6 +8,8 @@
 //!    the map is not empty, `handle_query_join` answers JOIN_DISALLOW, so
 //!    the restarted node — or any node — can never join that domain again:
 //!    its `o2dlm_initialize` backs off until the join timeout.
+//! 2. `join_right_after_another_node_exits`: a join in flight when another
+//!    node's process exits fails with SERVICE_UNAVAILABLE (details below).
 
 mod engine_support;
 
