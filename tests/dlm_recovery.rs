@@ -448,3 +448,146 @@ fn participant_dies_mid_recovery_is_marked_dead_then_recovered() {
     let _ = b2;
     safe(&c);
 }
+
+#[test]
+fn restarted_node_rejoins_only_after_its_old_self_was_recovered() {
+    let (mut c, d) = cluster(3, 11);
+    let (_m, _h) = ex_with_value(&mut c, d, 0, 2, "R", "x");
+    let own = lock(&mut c, 2, d, "S", Mode::Ex);
+    c.run_for(10);
+    assert!(granted(&c, 2, own).is_some());
+    let w = lock(&mut c, 1, d, "R", Mode::Pr);
+    c.run_for(10);
+    assert!(granted(&c, 1, w).is_none());
+    // Node 2 restarts at once with a new heartbeat generation; the others
+    // have not yet declared the old one dead.
+    c.crash(2);
+    c.restart(2, 99);
+    let mark = c.log.len();
+    let d2 = c.with(2, |x, now| x.join(now, DOM)).unwrap();
+    assert_eq!(d2, d);
+    c.run_for(1_000);
+    assert!(!c.dlm(2).is_joined(d));
+    // The heartbeat now sees the old generation die and the new one live.
+    for n in 0..2u8 {
+        c.with(n, |x, now| {
+            x.handle_node_down(now, 2);
+            x.handle_node_up(now, 2);
+        });
+    }
+    let t0 = c.elapsed_ms();
+    assert!(c.run_until(95_000, |c| c.dlm(2).is_joined(d)));
+    println!(
+        "rejoin: joined {} ms after the old incarnation's death (allowed 95000)",
+        c.elapsed_ms() - t0
+    );
+    assert!(c.events(2).contains(&Event::JoinDone {
+        domain: d,
+        result: Ok(())
+    }));
+    // Refused while its old self was a member / being recovered.
+    let disallowed = c.log[mark..].iter().any(|r| {
+        matches!(r, Record::Reply { msg_type, result: Ok(s), .. }
+            if *msg_type == DLM_QUERY_JOIN_MSG && QueryJoinResponse::from_status(*s).code == JOIN_DISALLOW)
+    });
+    assert!(disallowed);
+    for n in 0..3u8 {
+        assert!(c.dlm(n).recovery_pending(d).is_empty());
+        assert_eq!(c.dlm(n).domain_members(d), Some(vec![0, 1, 2]), "node {n}");
+    }
+    // The old incarnation's EX is gone: node 1's PR was granted; the new
+    // node 2 can take S, which its old self mastered.
+    assert!(c.run_until(1_000, |c| c.dlm(1).lock_mode(w) == Some(Mode::Pr)));
+    let s2 = lock(&mut c, 2, d, "S", Mode::Ex);
+    let r2 = lock(&mut c, 2, d, "R", Mode::Pr);
+    assert!(
+        c.run_until(5_000, |c| c.dlm(2).lock_mode(s2) == Some(Mode::Ex)
+            && c.dlm(2).lock_mode(r2) == Some(Mode::Pr))
+    );
+    safe(&c);
+}
+
+#[test]
+fn random_deaths_under_load_recover_and_stay_kernel_safe() {
+    for seed in 0..60u64 {
+        let (mut c, d) = cluster(4, 100 + seed);
+        c.shuffle_links = true;
+        let mut r = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        let mut next = move || {
+            r ^= r << 13;
+            r ^= r >> 7;
+            r ^= r << 17;
+            r
+        };
+        let modes = [Mode::Nl, Mode::Pr, Mode::Ex];
+        let mut mine: Vec<(u8, LockId)> = Vec::new();
+        for _ in 0..20 {
+            let n = (next() % 4) as u8;
+            let name = format!("L{}", next() % 5);
+            let m = modes[(next() % 3) as usize];
+            mine.push((n, lock(&mut c, n, d, &name, m)));
+            c.run_for(next() % 3);
+        }
+        // Kill one node mid-traffic, sometimes a second one later.
+        let dead = (next() % 4) as u8;
+        c.crash(dead);
+        c.run_for(next() % 20);
+        c.declare_dead(dead);
+        let mut gone = vec![dead];
+        if seed % 3 == 0 {
+            c.run_for(next() % 5);
+            let second = (dead + 1 + (next() % 3) as u8) % 4;
+            c.crash(second);
+            c.declare_dead(second);
+            gone.push(second);
+        }
+        let alive: Vec<u8> = (0..4).filter(|n| !gone.contains(n)).collect();
+        let ok = c.run_until(30_000, |c| {
+            alive
+                .iter()
+                .all(|&n| c.dlm(n).recovery_pending(d).is_empty())
+        });
+        assert!(ok, "seed {seed}: recovery did not finish");
+        // Everybody releases what it was granted; every remaining request
+        // must then complete (granted or refused) in turn.
+        for _ in 0..20 {
+            for &(n, l) in &mine {
+                if alive.contains(&n) && c.dlm(n).lock_mode(l).is_some() {
+                    let _ = c.with(n, |x, now| {
+                        x.unlock(now, l, o2dlm::dlm::UnlockFlags::default(), None)
+                    });
+                }
+            }
+            c.run_for(500);
+        }
+        for &(n, l) in &mine {
+            if !alive.contains(&n) {
+                continue;
+            }
+            let done = c.events(n).iter().any(|e| match e {
+                Event::Ast { lock, .. } | Event::LockFailed { lock, .. } => *lock == l,
+                _ => false,
+            });
+            assert!(done, "seed {seed}: node {n} lock {l:?} never completed");
+            assert_eq!(c.dlm(n).lock_mode(l), None, "seed {seed}: still held");
+        }
+        // The survivors agree on every master.
+        for i in 0..5 {
+            let name = format!("L{i}");
+            let owners: Vec<Option<u8>> = alive
+                .iter()
+                .map(|&n| c.dlm(n).resource_owner(d, name.as_bytes()))
+                .filter(|o| o.is_some())
+                .collect();
+            assert!(
+                owners.windows(2).all(|w| w[0] == w[1]),
+                "seed {seed} {name}: {owners:?}"
+            );
+            assert!(
+                owners.iter().all(|o| o.is_some_and(|o| alive.contains(&o))),
+                "seed {seed} {name}: {owners:?}"
+            );
+        }
+        safe(&c);
+    }
+}
