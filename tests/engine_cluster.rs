@@ -180,10 +180,17 @@ fn trylock_bast_and_lvb_passing() {
     let l = cc.call("lock L ex try");
     assert_eq!(field(&l, "rc"), Some("O2DLM_ET_TRYLOCK_FAILED"), "{l}");
     // Dropping the cached locks on A and B gives them back to the cluster:
-    // then C's EX trylock succeeds.
+    // then C's EX trylock succeeds. (Retried briefly: the engine's
+    // drop_lock returns before the release has reached the master, unlike
+    // dlmfs — see engine_known_bugs.rs.)
     a.ok("drop L");
     b.ok("drop L");
-    cc.ok("lock L ex try");
+    let mut tries = 1;
+    while field(&cc.call("lock L ex try"), "rc") != Some("OK") {
+        assert!(tries < 20, "C's EX trylock still refused after the drops");
+        tries += 1;
+        std::thread::sleep(Duration::from_millis(50));
+    }
     cc.ok("write L from-c");
     cc.ok("unlock L");
     // And the LVB travels back: written on C, read on A.
