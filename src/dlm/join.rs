@@ -179,6 +179,21 @@ impl Dlm {
     /// This attempt lost a race: cancel it at the nodes that said yes and
     /// try again after a random backoff of 0..3 × 200 ms.
     fn join_again(&mut self, now: Instant, key: u32) {
+        self.join_again_after(now, key, 0);
+    }
+
+    /// A member could not be reached (its link closed: it is exiting or
+    /// dying, and the heartbeat will say so shortly). Like a change of the
+    /// live map, this is a reason to try again, not to fail the join.
+    fn join_peer_unreachable(&mut self, now: Instant, key: u32, from: u8, err: TransportError) {
+        log::info!(
+            "o2dlm: node {} join: node {from} unreachable ({err:?}); trying again",
+            self.me
+        );
+        self.join_again_after(now, key, BACKOFF_MS);
+    }
+
+    fn join_again_after(&mut self, now: Instant, key: u32, min_wait_ms: u64) {
         let r = self.random();
         self.cancel_join_at_yes_nodes(key);
         let Some(d) = self.domains.get_mut(&key) else {
@@ -189,7 +204,7 @@ impl Dlm {
         d.domain_map = [self.me].into_iter().collect();
         j.phase = JoinPhase::Backoff;
         j.targets.clear();
-        let wait = (r % 4) * BACKOFF_MS;
+        let wait = ((r % 4) * BACKOFF_MS).max(min_wait_ms);
         j.backoff_total_ms += wait;
         if j.backoff_total_ms > JOIN_TIMEOUT_MS {
             self.join_failed(key, JoinError::Timeout);
@@ -271,6 +286,10 @@ impl Dlm {
         }
         let code = match r {
             Err(TransportError::NoHandler) => QueryJoinResponse::new(JOIN_OK_NO_MAP, 0, 0),
+            Err(err @ (TransportError::HostDown | TransportError::NotConnected)) => {
+                self.join_peer_unreachable(now, key, from, err);
+                return;
+            }
             Err(err) => {
                 self.join_failed(key, JoinError::Transport { node: from, err });
                 return;
@@ -316,6 +335,9 @@ impl Dlm {
                     status: -92,
                 },
             ),
+            Err(err @ (TransportError::HostDown | TransportError::NotConnected)) => {
+                self.join_peer_unreachable(now, key, from, err)
+            }
             Err(err) => self.join_failed(key, JoinError::Transport { node: from, err }),
         }
     }
