@@ -32,6 +32,8 @@ pub mod logging;
 /// cbindgen:ignore
 pub mod net;
 /// cbindgen:ignore
+pub mod sim;
+/// cbindgen:ignore
 pub mod wire;
 
 pub use error::{Error, Result};

@@ -5,7 +5,7 @@
 //! AST-before-reply race).
 
 use super::domain::{OpKind, Stage};
-use super::lockres::{Lock, LockKey, LockRes, Lvb, Notify};
+use super::lockres::{Lvb, Notify};
 use super::mode::Mode;
 use super::node::*;
 use crate::wire::dlm::*;
@@ -24,7 +24,12 @@ impl Dlm {
         else {
             return;
         };
-        if r.owner != Some(me) || r.migrating || r.recovering || r.mig_target.is_some() {
+        if r.owner != Some(me)
+            || r.migrating
+            || r.recovering
+            || r.recovery_waiting
+            || r.mig_target.is_some()
+        {
             return;
         }
         r.q.shuffle();
@@ -35,11 +40,25 @@ impl Dlm {
 
     fn deliver(&mut self, now: Instant, key: u32, name: LockName, notes: Vec<Notify>) {
         let me = self.me;
+        let lvb_invalid = self
+            .domains
+            .get(&key)
+            .and_then(|d| d.resources.get(&name))
+            .is_some_and(|r| r.q.lvb_invalid);
+        // The kernel grants `$RECOVERY` silently: no AST for it, ever.
+        let silent = name.as_bytes() == DLM_RECOVERY_LOCK_NAME;
         for n in notes {
             match n {
                 Notify::Ast { key: lk, mode, lvb } => {
                     if lk.node == me {
                         self.complete_grant(now, lk.cookie, mode, lvb);
+                        if lvb.is_some() {
+                            if let Some(l) = self.locks.get_mut(&lk.cookie) {
+                                l.lvb_invalid = lvb_invalid;
+                            }
+                        }
+                    } else if silent {
+                        log::debug!("o2dlm: $RECOVERY granted to node {}", lk.node);
                     } else {
                         let flags = if lvb.is_some() { LKM_GET_LVB } else { 0 };
                         self.send(
@@ -108,8 +127,14 @@ impl Dlm {
         // A cancel still in flight will be answered CANCELGRANT.
         if let Some(v) = lvb {
             l.lvb = v;
+            l.lvb_invalid = false;
         }
+        let (internal, domain) = (l.internal, l.domain);
         self.disarm(|t| *t == Timer::OpRetry(cookie));
+        if internal {
+            self.reco_lock_granted(_now, domain, cookie);
+            return;
+        }
         self.event(Event::Ast {
             lock: LockId(cookie),
             mode,
@@ -191,43 +216,6 @@ impl Dlm {
         DLM_NORMAL
     }
 
-    /// The master became this node without the old master's queues (only
-    /// survivor): our own granted locks are the queue; pending requests are
-    /// sent again (now locally).
-    pub(crate) fn rebuild_own_locks(&mut self, now: Instant, key: u32, name: LockName) {
-        let me = self.me;
-        let mut q = LockRes::new();
-        let mut rerun = Vec::new();
-        for l in self.locks.values_mut() {
-            if l.domain != key || l.name != name {
-                continue;
-            }
-            if let Some(mode) = l.granted {
-                q.granted.push(Lock::new(
-                    LockKey {
-                        node: me,
-                        cookie: l.cookie,
-                    },
-                    mode,
-                ));
-            }
-            if let Some(op) = l.op.as_mut() {
-                op.stage = Stage::Waiting;
-                rerun.push(l.cookie);
-            }
-        }
-        if let Some(r) = self
-            .domains
-            .get_mut(&key)
-            .and_then(|d| d.resources.get_mut(&name))
-        {
-            r.q = q;
-        }
-        for c in rerun {
-            self.run_op(now, c);
-        }
-    }
-
     /// The resource may now be ready for waiting operations, or need
     /// mastery started.
     pub(crate) fn kick_resource(&mut self, now: Instant, key: u32, name: LockName) {
@@ -248,6 +236,7 @@ impl Dlm {
             && r.mastery.is_none()
             && !r.migrating
             && !r.recovering
+            && !r.recovery_waiting
             && r.drop == super::domain::DropState::None
             && r.mig_target.is_none();
         if ready && !r.waiting_ops.is_empty() {

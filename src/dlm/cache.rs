@@ -141,6 +141,12 @@ impl LocalLock {
 
     /// A new local request for `mode`.
     pub fn request(&mut self, id: HolderId, mode: Mode, trylock: bool) -> Vec<CacheAction> {
+        if trylock && !self.waiters.is_empty() {
+            // Others are queued ahead: a trylock cannot be granted now
+            // without jumping the queue, so it fails at once (found by the
+            // kernel tests: it used to wait behind a blocked waiter).
+            return vec![CacheAction::TryFailed(id)];
+        }
         self.waiters.push_back(Waiter { id, mode, trylock });
         self.progress()
     }
@@ -415,6 +421,18 @@ mod tests {
         assert_eq!(l.request(1, Mode::Ex, true), vec![acquire(Mode::Ex, true)]);
         assert_eq!(l.on_refused(), vec![TryFailed(1)]);
         assert!(l.is_idle());
+    }
+
+    #[test]
+    fn trylock_behind_a_waiting_request_fails_at_once() {
+        let mut l = LocalLock::new();
+        assert_eq!(
+            l.request(1, Mode::Ex, false),
+            vec![acquire(Mode::Ex, false)]
+        );
+        assert_eq!(l.request(2, Mode::Ex, true), vec![TryFailed(2)]);
+        assert_eq!(l.request(3, Mode::Pr, true), vec![TryFailed(3)]);
+        assert_eq!(l.on_granted(Mode::Ex, None), vec![Granted(1)]);
     }
 
     #[test]

@@ -20,6 +20,7 @@ impl Dlm {
             && r.deref_later.is_empty()
             && !r.migrating
             && !r.recovering
+            && !r.recovery_waiting
             && r.mig_source.is_none()
             && r.mig_target.is_none()
             && r.refmap.is_empty()

@@ -163,7 +163,12 @@ pub(crate) struct Resource {
     pub refmap: NodeSet,
     pub mastery: Option<MasteryJob>,
     pub migrating: bool,
+    /// Mastered by a dead node: frozen until recovery gives it a master
+    /// (the kernel's RECOVERING).
     pub recovering: bool,
+    /// Mastered here and a dead node had locks on it: no grants until the
+    /// recovery of that node finished (the kernel's RECOVERY_WAITING).
+    pub recovery_waiting: bool,
     pub drop: DropState,
     pub mig_source: Option<MigSource>,
     pub mig_target: Option<MigTarget>,
@@ -188,6 +193,7 @@ impl Resource {
             mastery: None,
             migrating: false,
             recovering: false,
+            recovery_waiting: false,
             drop: DropState::None,
             mig_source: None,
             mig_target: None,
@@ -250,6 +256,11 @@ pub(crate) struct UserLock {
     /// kernel caller (blocked in dlmlock until the reply), send nothing
     /// new for this lock before it does.
     pub reply_pending: Option<RequestId>,
+    /// The recovery thread's own `$RECOVERY` lock: no API events.
+    pub internal: bool,
+    /// `lvb` is not the cluster's value: a node death invalidated it
+    /// (§9.6) or recovery could not rebuild it (§9.5).
+    pub lvb_invalid: bool,
 }
 
 #[derive(Debug)]
@@ -268,6 +279,7 @@ pub(crate) struct Domain {
     pub leave: Option<LeaveJob>,
     pub resources: BTreeMap<LockName, Resource>,
     pub mles: BTreeMap<LockName, Mle>,
+    pub reco: super::recovery::RecoState,
 }
 
 impl Domain {
@@ -286,6 +298,7 @@ impl Domain {
             leave: None,
             resources: BTreeMap::new(),
             mles: BTreeMap::new(),
+            reco: super::recovery::RecoState::default(),
         }
     }
 

@@ -1,6 +1,6 @@
 //! Domain membership: join (joiner and responder sides, §3), leave (§4),
-//! heartbeat node-down handling (§9.1, the part that does not need the
-//! recovery protocol).
+//! and the entry of heartbeat node-down verdicts (the cleanup and the
+//! recovery protocol of §9 are in recovery.rs).
 
 use super::domain::{DomState, Domain, JoinJob, JoinPhase, LeaveJob, LeavePhase, MleKind, NodeSet};
 use super::node::*;
@@ -179,6 +179,21 @@ impl Dlm {
     /// This attempt lost a race: cancel it at the nodes that said yes and
     /// try again after a random backoff of 0..3 × 200 ms.
     fn join_again(&mut self, now: Instant, key: u32) {
+        self.join_again_after(now, key, 0);
+    }
+
+    /// A member could not be reached (its link closed: it is exiting or
+    /// dying, and the heartbeat will say so shortly). Like a change of the
+    /// live map, this is a reason to try again, not to fail the join.
+    fn join_peer_unreachable(&mut self, now: Instant, key: u32, from: u8, err: TransportError) {
+        log::info!(
+            "o2dlm: node {} join: node {from} unreachable ({err:?}); trying again",
+            self.me
+        );
+        self.join_again_after(now, key, BACKOFF_MS);
+    }
+
+    fn join_again_after(&mut self, now: Instant, key: u32, min_wait_ms: u64) {
         let r = self.random();
         self.cancel_join_at_yes_nodes(key);
         let Some(d) = self.domains.get_mut(&key) else {
@@ -189,7 +204,7 @@ impl Dlm {
         d.domain_map = [self.me].into_iter().collect();
         j.phase = JoinPhase::Backoff;
         j.targets.clear();
-        let wait = (r % 4) * BACKOFF_MS;
+        let wait = ((r % 4) * BACKOFF_MS).max(min_wait_ms);
         j.backoff_total_ms += wait;
         if j.backoff_total_ms > JOIN_TIMEOUT_MS {
             self.join_failed(key, JoinError::Timeout);
@@ -245,7 +260,9 @@ impl Dlm {
             | Timer::LeavePass(d)
             | Timer::Thread(d)
             | Timer::MasterResend(d, _, _)
-            | Timer::MasteryRetry(d, _) => *d == key,
+            | Timer::MasteryRetry(d, _)
+            | Timer::RecoRetry(d)
+            | Timer::RecoTick(d) => *d == key,
             Timer::OpRetry(_) => false,
         });
         for o in self.outstanding.values_mut() {
@@ -269,6 +286,10 @@ impl Dlm {
         }
         let code = match r {
             Err(TransportError::NoHandler) => QueryJoinResponse::new(JOIN_OK_NO_MAP, 0, 0),
+            Err(err @ (TransportError::HostDown | TransportError::NotConnected)) => {
+                self.join_peer_unreachable(now, key, from, err);
+                return;
+            }
             Err(err) => {
                 self.join_failed(key, JoinError::Transport { node: from, err });
                 return;
@@ -314,6 +335,9 @@ impl Dlm {
                     status: -92,
                 },
             ),
+            Err(err @ (TransportError::HostDown | TransportError::NotConnected)) => {
+                self.join_peer_unreachable(now, key, from, err)
+            }
             Err(err) => self.join_failed(key, JoinError::Transport { node: from, err }),
         }
     }
@@ -547,10 +571,9 @@ impl Dlm {
 
     // ===== heartbeat node down ===============================================
 
-    /// The heartbeat declared `node` dead (§9.1, local part). Recovery of
-    /// resources it mastered is a later step: they are marked RECOVERING,
-    /// except when this node is the only survivor, which takes them over
-    /// (the degenerate one-survivor recovery of §12(c)).
+    /// The heartbeat declared `node` dead (§9.1): requests in flight to it
+    /// fail, and in every domain it was a member of, the local cleanup
+    /// runs and recovery starts (recovery.rs).
     pub fn handle_node_down(&mut self, now: Instant, node: u8) {
         if node == self.me {
             return;
@@ -559,7 +582,6 @@ impl Dlm {
         self.handle_link_down(now, node);
         let keys: Vec<u32> = self.domains.keys().copied().collect();
         for key in keys {
-            let me = self.me;
             let Some(d) = self.domains.get_mut(&key) else {
                 continue;
             };
@@ -569,73 +591,7 @@ impl Dlm {
             if d.joining_node == Some(node) {
                 d.joining_node = None;
             }
-            if !d.domain_map.contains(&node) {
-                continue;
-            }
-            d.domain_map.remove(&node);
-            d.exit_map.remove(&node);
-            let alone = d.domain_map.len() == 1;
-            let mut touched = Vec::new();
-            let mut forget = Vec::new();
-            for r in d.resources.values_mut() {
-                r.refmap.remove(&node);
-                if r.owner == Some(me) {
-                    let held_ex = r.q.remove_node_locks(node);
-                    if held_ex {
-                        r.q.lvb.0 = [0; 64];
-                    }
-                    touched.push(r.name);
-                } else if r.owner == Some(node) {
-                    if r.drop != super::domain::DropState::None && r.waiting_ops.is_empty() {
-                        forget.push(r.name);
-                    } else {
-                        r.recovering = true;
-                        touched.push(r.name);
-                    }
-                }
-                if r.mig_source.as_ref().is_some_and(|m| m.target == node) {
-                    if let Some(ms) = r.mig_source.as_mut() {
-                        ms.failed = true;
-                    }
-                    r.migrating = false;
-                    touched.push(r.name);
-                }
-            }
-            for n in forget {
-                d.resources.remove(&n);
-            }
-            d.recovery_map.insert(node);
-            if alone {
-                self.recover_alone(now, key, node);
-            }
-            self.mles_node_down(now, key, node);
-            for name in touched {
-                self.after_change(now, key, name);
-                self.kick_resource(now, key, name);
-            }
-        }
-    }
-
-    /// Only survivor of a domain: resources the dead node mastered become
-    /// ours, rebuilt from our own locks; the LVB is unknown (zero).
-    fn recover_alone(&mut self, now: Instant, key: u32, dead: u8) {
-        let me = self.me;
-        let mut names = Vec::new();
-        if let Some(d) = self.domains.get_mut(&key) {
-            for r in d.resources.values_mut() {
-                if r.owner == Some(dead) || (r.owner.is_none() && r.recovering) {
-                    r.owner = Some(me);
-                    r.recovering = false;
-                    r.migrating = false;
-                    r.q = super::lockres::LockRes::new();
-                    r.refmap.clear();
-                    names.push(r.name);
-                }
-            }
-            d.recovery_map.remove(&dead);
-        }
-        for name in names {
-            self.rebuild_own_locks(now, key, name);
+            self.domain_node_down(now, key, node);
         }
     }
 

@@ -54,6 +54,8 @@ impl Dlm {
                 cancel: None,
                 lvb: [0; 64],
                 reply_pending: None,
+                internal: false,
+                lvb_invalid: false,
             },
         );
         self.run_op(now, cookie);
@@ -65,6 +67,7 @@ impl Dlm {
     pub fn set_lvb(&mut self, lock: LockId, lvb: &[u8]) -> Result<(), ApiError> {
         let l = self.locks.get_mut(&lock.0).ok_or(ApiError::UnknownLock)?;
         let n = lvb.len().min(64);
+        l.lvb_invalid = false;
         l.lvb = [0; 64];
         l.lvb[..n].copy_from_slice(&lvb[..n]);
         Ok(())
@@ -81,9 +84,18 @@ impl Dlm {
         if op.stage != Stage::Waiting || l.reply_pending.is_some() {
             return;
         }
-        let (key, name) = (l.domain, l.name);
-        if !self.domains.contains_key(&key) {
+        let (key, name, internal) = (l.domain, l.name, l.internal);
+        let Some(d) = self.domains.get_mut(&key) else {
             self.locks.remove(&cookie);
+            return;
+        };
+        // While this node runs a recovery, new requests wait for its end
+        // (the kernel's dlm_wait_for_recovery in dlmlock); unlocks go on.
+        let parks = matches!(op.kind, OpKind::Create { .. } | OpKind::Convert { .. });
+        if d.reco.active && parks && !internal {
+            if !d.reco.parked.contains(&cookie) {
+                d.reco.parked.push(cookie);
+            }
             return;
         }
         let Some(r) = self.resource_entry(key, name) else {
@@ -93,6 +105,7 @@ impl Dlm {
             && r.mastery.is_none()
             && !r.migrating
             && !r.recovering
+            && !r.recovery_waiting
             && r.drop == DropState::None
             && r.mig_target.is_none();
         if !ready {
@@ -143,13 +156,7 @@ impl Dlm {
                         self.set_stage(cookie, Stage::Accepted);
                         self.after_change(now, key, name);
                     }
-                    Err(e) => {
-                        self.locks.remove(&cookie);
-                        self.event(Event::LockFailed {
-                            lock: LockId(cookie),
-                            status: refusal_status(e),
-                        });
-                    }
+                    Err(e) => self.lock_failed(now, cookie, refusal_status(e)),
                 }
             }
             OpKind::Convert {
@@ -179,10 +186,14 @@ impl Dlm {
                 if let Err(e) = r.q.unlock(lk, put) {
                     log::warn!("o2dlm: local unlock of {name}: {e:?}");
                 }
-                self.locks.remove(&cookie);
-                self.event(Event::Unlocked {
-                    lock: LockId(cookie),
-                });
+                let internal = self.locks.remove(&cookie).is_some_and(|l| l.internal);
+                if internal {
+                    self.reco_lock_unlocked(now, key, cookie);
+                } else {
+                    self.event(Event::Unlocked {
+                        lock: LockId(cookie),
+                    });
+                }
                 self.after_change(now, key, name);
             }
         }
@@ -196,6 +207,7 @@ impl Dlm {
         };
         let Some(op) = l.op else { return };
         let (key, name, granted, lvb) = (l.domain, l.name, l.granted, l.lvb);
+        let internal = l.internal;
         let (msg, what) = match op.kind {
             OpKind::Create {
                 mode,
@@ -205,6 +217,9 @@ impl Dlm {
                 let mut flags = 0;
                 if noqueue {
                     flags |= LKM_NOQUEUE;
+                }
+                if internal {
+                    flags |= LKM_RECOVERY;
                 }
                 // VALBLK travels with GET_LVB for PR/EX and is dropped for NL.
                 if valblk && mode > Mode::Nl {
@@ -329,17 +344,32 @@ impl Dlm {
             self.late_reply(now, cookie, id);
             return;
         }
+        let internal = self.locks.get(&cookie).is_some_and(|l| l.internal);
         match r {
+            Ok(DLM_NORMAL) if internal => {
+                // `$RECOVERY` grants carry no AST: NORMAL is the grant.
+                self.set_stage(cookie, Stage::Accepted);
+                self.complete_grant(now, cookie, Mode::Ex, None);
+            }
             Ok(DLM_NORMAL) => self.set_stage(cookie, Stage::Accepted),
             Ok(s) if is_retry_status(s) => self.op_retry_later(now, cookie, LOCK_RETRY_MS),
             Err(_) => self.op_retry_later(now, cookie, LOCK_RETRY_MS),
-            Ok(status) => {
-                self.locks.remove(&cookie);
-                self.event(Event::LockFailed {
-                    lock: LockId(cookie),
-                    status,
-                });
-            }
+            Ok(status) => self.lock_failed(now, cookie, status),
+        }
+    }
+
+    /// A new lock was refused: it is gone.
+    pub(crate) fn lock_failed(&mut self, now: Instant, cookie: u64, status: i32) {
+        let Some(l) = self.locks.remove(&cookie) else {
+            return;
+        };
+        if l.internal {
+            self.reco_lock_failed(now, l.domain, cookie, status);
+        } else {
+            self.event(Event::LockFailed {
+                lock: LockId(cookie),
+                status,
+            });
         }
     }
 
@@ -403,7 +433,7 @@ impl Dlm {
 
 /// A resource's state as a refusal to a lock request at the "master".
 pub(crate) fn master_state_status(r: &super::domain::Resource, me: u8) -> Option<i32> {
-    if r.recovering {
+    if r.recovering || r.recovery_waiting {
         return Some(DLM_RECOVERING);
     }
     if r.migrating || r.mig_source.is_some() || r.mig_target.is_some() {

@@ -86,6 +86,9 @@ pub struct LockRes {
     pub converting: Vec<Lock>,
     pub blocked: Vec<Lock>,
     pub lvb: StoredLvb,
+    /// The LVB was lost to a node death (zeroed by the §9.6 rules, or not
+    /// rebuilt by recovery) and nobody has written it since.
+    pub lvb_invalid: bool,
     pending_asts: Vec<LockKey>,
     pending_basts: Vec<LockKey>,
 }
@@ -192,6 +195,7 @@ impl LockRes {
             lock.get_lvb |= get;
             if let Some(v) = put {
                 self.lvb = StoredLvb(v);
+                self.lvb_invalid = false;
             }
             self.pending_asts.push(key);
             return Ok(());
@@ -211,6 +215,7 @@ impl LockRes {
             lock.get_lvb |= get;
             if let Some(v) = put {
                 self.lvb = StoredLvb(v);
+                self.lvb_invalid = false;
             }
             self.pending_asts.push(key);
             return Ok(());
@@ -239,6 +244,7 @@ impl LockRes {
         if lock.mode == Mode::Ex {
             if let Some(v) = lvb {
                 self.lvb = StoredLvb(v);
+                self.lvb_invalid = false;
             }
         }
         Ok(lock)
@@ -262,6 +268,15 @@ impl LockRes {
                 Ok(Queue::Converting)
             }
         }
+    }
+
+    /// Whether `node` has any lock here.
+    pub fn has_node_locks(&self, node: u8) -> bool {
+        self.granted
+            .iter()
+            .chain(self.converting.iter())
+            .chain(self.blocked.iter())
+            .any(|l| l.key.node == node)
     }
 
     /// Removes every lock of `node` (it died); returns whether it held EX on
@@ -316,6 +331,7 @@ impl LockRes {
                     lock.convert_to = None;
                     if let Some(v) = lock.put_lvb.take() {
                         self.lvb = StoredLvb(v);
+                        self.lvb_invalid = false;
                     }
                     self.pending_asts.push(head_key);
                     self.granted.push(lock);

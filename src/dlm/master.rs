@@ -26,6 +26,11 @@ impl Dlm {
         if r.owner.is_some() || r.mastery.is_some() {
             return;
         }
+        // New masteries wait for the end of recovery (§9.4), except the
+        // one of the lock that elects the recovery master.
+        if !d.recovery_map.is_empty() && name.as_bytes() != DLM_RECOVERY_LOCK_NAME {
+            return;
+        }
         match d.mles.get(&name).map(|m| m.kind) {
             Some(MleKind::Migration) => {
                 // A migration of this name is in flight: try again later.

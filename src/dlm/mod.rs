@@ -16,6 +16,7 @@ mod master;
 mod migrate;
 pub mod mode;
 mod node;
+mod recovery;
 pub mod sim;
 mod unlock;
 

@@ -226,6 +226,11 @@ pub(crate) const MIGRATION_RETRY_MS: u64 = 100;
 
 pub(crate) const EINVAL: i32 = -22;
 pub(crate) const EAGAIN: i32 = -11;
+pub(crate) const ENOMEM: i32 = -12;
+pub(crate) const RECO_TICK_MS: u64 = 5_000;
+pub(crate) const RECO_RETRY_MS: u64 = 100;
+pub(crate) const RECO_PRE_MASTER_WAIT_MS: u64 = 500;
+pub(crate) const RECO_WAIT_MASTER_MS: u64 = 1_000;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Timer {
@@ -240,6 +245,10 @@ pub(crate) enum Timer {
     OpRetry(u64),
     /// Start mastery again (e.g. after a MIGRATION mle went away).
     MasteryRetry(u32, LockName),
+    /// The recovery thread's short waits (retries, 500 ms / 1 s waits).
+    RecoRetry(u32),
+    /// The recovery thread's periodic wake-up while recovery is pending.
+    RecoTick(u32),
 }
 
 /// What an outstanding request was for.
@@ -261,6 +270,15 @@ pub(crate) enum Pending {
     Deref(LockName),
     MigLockres(LockName),
     MigrateRequest(u64),
+    /// MASTER_REQUERY of `$RECOVERY` before mastering it.
+    RecoPreRequery,
+    BeginReco,
+    LockRequest,
+    /// Recovery data (MIG_LOCKRES, RECO_DATA_DONE) sent as a participant.
+    RecoData,
+    FinalizeReco,
+    /// MASTER_REQUERY for recovery data that named no master.
+    RecoRequery(LockName),
 }
 
 #[derive(Debug, Clone)]
@@ -436,6 +454,28 @@ impl Dlm {
         Some(self.domains.get(&domain.0)?.resources.get(&n)?.q.lvb.0)
     }
 
+    /// The queues of a resource as held here (on its master: every lock),
+    /// in order: (queue, owner node, cookie, mode; for a conversion the
+    /// granted mode).
+    pub fn resource_locks(
+        &self,
+        domain: DomainId,
+        name: &[u8],
+    ) -> Option<Vec<(super::lockres::Queue, u8, u64, Mode)>> {
+        use super::lockres::Queue;
+        let n = LockName::new(name).ok()?;
+        let r = self.domains.get(&domain.0)?.resources.get(&n)?;
+        let mut out = Vec::new();
+        for (q, list) in [
+            (Queue::Granted, &r.q.granted),
+            (Queue::Converting, &r.q.converting),
+            (Queue::Blocked, &r.q.blocked),
+        ] {
+            out.extend(list.iter().map(|l| (q, l.key.node, l.key.cookie, l.mode)));
+        }
+        Some(out)
+    }
+
     /// Granted mode of one of our locks.
     pub fn lock_mode(&self, lock: LockId) -> Option<Mode> {
         self.locks.get(&lock.0)?.granted
@@ -444,6 +484,31 @@ impl Dlm {
     /// The LVB copy of one of our locks (as of its last grant).
     pub fn lock_lvb(&self, lock: LockId) -> Option<Lvb> {
         self.locks.get(&lock.0).map(|l| l.lvb)
+    }
+
+    /// Whether the LVB of one of our locks is known to be lost: its last
+    /// grant came from a resource whose LVB a node death invalidated (the
+    /// dead node held EX, or recovery found no surviving copy), or the
+    /// death of the master zeroed this NL lock's copy (§9.6). Cleared when
+    /// the lock's holder writes the LVB. Only grants from a master on this
+    /// node can say so: the wire has no such flag, so an LVB lost at a
+    /// remote master arrives as zeros.
+    pub fn lock_lvb_invalid(&self, lock: LockId) -> bool {
+        self.locks.get(&lock.0).is_some_and(|l| l.lvb_invalid)
+    }
+
+    /// Dead members of a domain whose recovery has not finished (the
+    /// kernel's recovery_map), ascending.
+    pub fn recovery_pending(&self, domain: DomainId) -> Vec<u8> {
+        self.domains
+            .get(&domain.0)
+            .map_or(Vec::new(), |d| d.recovery_map.iter().copied().collect())
+    }
+
+    /// The recovery master this node follows in the current recovery (the
+    /// kernel's reco.new_master), if one is known.
+    pub fn recovery_master(&self, domain: DomainId) -> Option<u8> {
+        self.domains.get(&domain.0)?.reco.new_master
     }
 
     /// Number of requests sent and not yet answered.
@@ -519,6 +584,12 @@ impl Dlm {
             Pending::Cancel(c) => self.on_cancel_reply(now, c, id, r),
             Pending::Deref(name) => self.on_deref_reply(now, dom, name, to, r),
             Pending::MigLockres(name) => self.on_mig_lockres_reply(now, dom, name, to, r),
+            Pending::RecoPreRequery => self.on_reco_pre_requery_reply(now, dom, id, r),
+            Pending::BeginReco => self.on_begin_reco_reply(now, dom, id, to, r),
+            Pending::LockRequest => self.on_lock_request_reply(now, dom, id, to, r),
+            Pending::RecoData => self.on_reco_data_reply(now, dom, id, to, r),
+            Pending::FinalizeReco => self.on_finalize_reply(now, dom, id, to, r),
+            Pending::RecoRequery(name) => self.on_reco_requery_reply(now, dom, name, id, to, r),
         }
     }
 
@@ -583,6 +654,10 @@ impl Dlm {
             DlmMessage::ProxyAst(m) => Some(self.handle_proxy_ast(now, key, from, &m)),
             DlmMessage::DerefLockres(m) => Some(self.handle_deref(now, key, from, &m)),
             DlmMessage::DerefLockresDone(m) => Some(self.handle_deref_done(now, key, from, &m)),
+            DlmMessage::MigLockres(m) if m.flags & DLM_MRES_RECOVERY != 0 => {
+                self.handle_reco_mig_lockres(now, key, from, m, token);
+                None
+            }
             DlmMessage::MigLockres(m) => {
                 self.handle_mig_lockres(now, key, from, m, token);
                 None
@@ -592,11 +667,25 @@ impl Dlm {
                 self.handle_master_requery(now, key, from, &m, token);
                 None
             }
-            // Recovery (a later issue): answer so a kernel peer proceeds as
-            // far as it can without crashing.
-            DlmMessage::LockRequest(_) => Some(-12),
-            DlmMessage::BeginReco(_) => Some(EAGAIN),
-            DlmMessage::RecoDataDone(_) | DlmMessage::FinalizeReco(_) => Some(0),
+            // Recovery (recovery.rs): each handler queues its own reply
+            // before the work it triggers, as the kernel answers first and
+            // works on asynchronously.
+            DlmMessage::LockRequest(m) => {
+                self.handle_lock_request(now, key, from, &m, token);
+                None
+            }
+            DlmMessage::BeginReco(m) => {
+                self.handle_begin_reco(now, key, from, &m, token);
+                None
+            }
+            DlmMessage::RecoDataDone(m) => {
+                self.handle_reco_data_done(now, key, from, &m, token);
+                None
+            }
+            DlmMessage::FinalizeReco(m) => {
+                self.handle_finalize_reco(now, key, from, &m, token);
+                None
+            }
         };
         if let Some(s) = status {
             self.reply(token, from, s);
@@ -622,6 +711,8 @@ impl Dlm {
             Timer::MasterResend(d, name, n) => self.resend_master_request(now, d, name, n),
             Timer::OpRetry(c) => self.retry_op(now, c),
             Timer::MasteryRetry(d, name) => self.kick_resource(now, d, name),
+            Timer::RecoRetry(d) => self.reco_timer(now, d),
+            Timer::RecoTick(d) => self.reco_tick(now, d),
         }
     }
 

@@ -192,10 +192,14 @@ impl Dlm {
                     log::warn!("o2dlm: unlock of lock {cookie:#x} answered {other:?}");
                 }
                 let l = self.locks.remove(&cookie);
-                self.event(Event::Unlocked {
-                    lock: LockId(cookie),
-                });
                 if let Some(l) = l {
+                    if l.internal {
+                        self.reco_lock_unlocked(now, l.domain, cookie);
+                    } else {
+                        self.event(Event::Unlocked {
+                            lock: LockId(cookie),
+                        });
+                    }
                     self.note_maybe_unused(now, l.domain, l.name);
                 }
             }

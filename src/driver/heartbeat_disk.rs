@@ -431,14 +431,26 @@ impl Worker {
     }
 
     /// One period: read, judge, write, deliver events.
-    fn period(&mut self) -> io::Result<()> {
+    /// One heartbeat period. `Ok(false)`: our writes timed out (e.g. the
+    /// process was stopped past the write timeout) — like the kernel's
+    /// fence, this node must not write again, or peers that declared it
+    /// dead would see it come back.
+    fn period(&mut self) -> io::Result<bool> {
         let now = Instant::now();
+        // The write timeout is checked before anything else, as the
+        // kernel's separate timer would have fired during a stall.
+        self.hb.handle_timeout(now);
+        if self.deliver() {
+            return Ok(false);
+        }
         let buf = match self.region.read_slots(self.slots) {
             Ok(b) => b,
             Err(e) => {
                 log::error!("o2hb: reading the region failed: {e}");
                 self.hb.handle_timeout(now);
-                self.deliver();
+                if self.deliver() {
+                    return Ok(false);
+                }
                 return Err(e);
             }
         };
@@ -450,17 +462,23 @@ impl Worker {
         let done = Instant::now();
         self.hb.handle_write_done(res.is_ok(), done);
         self.hb.handle_timeout(done);
-        self.deliver();
-        res
+        if self.deliver() {
+            return Ok(false);
+        }
+        res.map(|()| true)
     }
 
-    fn deliver(&mut self) {
+    /// Hands events to the layer above; true when one was a write timeout.
+    fn deliver(&mut self) -> bool {
         if let Ok(mut l) = self.live.lock() {
             *l = self.hb.live_nodes();
         }
+        let mut timed_out = false;
         while let Some(ev) = self.hb.poll_event() {
+            timed_out |= matches!(ev, HbEvent::WriteTimeout);
             (self.on_event)(ev);
         }
+        timed_out
     }
 
     fn run(&mut self, stop: &mpsc::Receiver<Stop>) {
@@ -473,7 +491,10 @@ impl Worker {
             match stop.recv_timeout(wait) {
                 Err(RecvTimeoutError::Timeout) => {
                     // Errors are logged and reflected in the write timeout.
-                    let _ = self.period();
+                    if let Ok(false) = self.period() {
+                        log::error!("o2hb: write timeout: heartbeat stopped (fenced)");
+                        return;
+                    }
                 }
                 Ok(Stop::Unclean) => {
                     log::warn!("o2hb: stopping without the final write");

@@ -39,6 +39,8 @@ const HB_PERIOD: Duration = Duration::from_millis(2000);
 const CONNECT_WAIT: Duration = Duration::from_secs(60);
 /// How often a pending join re-checks the cluster view at the latest.
 const JOIN_POLL: Duration = Duration::from_millis(200);
+/// How long process exit waits for domains to be left cleanly.
+const EXIT_LEAVE_WAIT: Duration = Duration::from_secs(10);
 
 static RUNTIME: Mutex<Option<Arc<Runtime>>> = Mutex::new(None);
 /// Set once this node fenced itself in `refuse` mode: every call fails.
@@ -67,6 +69,15 @@ pub(crate) fn get() -> Result<Arc<Runtime>> {
 pub(crate) fn shutdown() {
     let rt = RUNTIME.lock().unwrap_or_else(|p| p.into_inner()).take();
     if let Some(rt) = rt {
+        // Leave domains first (bounded), as o2dlm_destroy would, so peers
+        // see a clean exit instead of a death that needs recovery.
+        let deadline = Instant::now() + EXIT_LEAVE_WAIT;
+        for w in rt.leave_all() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if w.wait_timeout(left).is_none() {
+                log::warn!("o2dlm: exit: a domain did not finish leaving in time");
+            }
+        }
         if let Some(node) = rt.node.lock().unwrap_or_else(|p| p.into_inner()).take() {
             node.stop();
         }
@@ -92,6 +103,26 @@ impl Waiter {
         if d.is_none() {
             *d = Some(r);
             self.cv.notify_one();
+        }
+    }
+
+    /// None when `limit` passed first.
+    fn wait_timeout(&self, limit: Duration) -> Option<Result<()>> {
+        let deadline = Instant::now() + limit;
+        let mut d = self.done.lock().unwrap_or_else(|p| p.into_inner());
+        loop {
+            if let Some(r) = d.take() {
+                return Some(r);
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return None;
+            }
+            d = self
+                .cv
+                .wait_timeout(d, left)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
         }
     }
 
@@ -260,6 +291,47 @@ impl Runtime {
             self.settle(core, now);
         }
         w.wait()
+    }
+
+    /// Process exit: leave every domain (migrating what we master) so
+    /// peers need no recovery; every holder of this process goes too.
+    fn leave_all(&self) -> Vec<Arc<Waiter>> {
+        if FENCED.load(Ordering::Acquire) {
+            return Vec::new();
+        }
+        let now = Instant::now();
+        let mut core = self.core();
+        let mut waits = Vec::new();
+        let doms: Vec<u32> = core.domains.keys().copied().collect();
+        for dom in doms {
+            let Some(d) = core.domains.get_mut(&dom) else {
+                continue;
+            };
+            let w = Waiter::new();
+            d.users = 0;
+            d.leaving = true;
+            d.leave_waiters.push(w.clone());
+            waits.push(w);
+            let keys: Vec<NameKey> = core
+                .names
+                .keys()
+                .filter(|k| k.dom() == dom)
+                .copied()
+                .collect();
+            for key in keys {
+                if let Some(e) = core.names.get_mut(&key) {
+                    let holders: Vec<HolderId> = e.cache.holders().map(|(h, _)| *h).collect();
+                    let mut acts = Vec::new();
+                    for h in holders {
+                        acts.extend(e.cache.release(h));
+                    }
+                    core.apply(now, &key, acts);
+                }
+            }
+            core.try_leave(now, dom);
+        }
+        self.settle(core, now);
+        waits
     }
 
     /// Takes `key` at `mode` for a new local holder, whose id is returned.
@@ -650,6 +722,7 @@ impl Core {
         };
         let lock = entry.lock;
         let name = key.name();
+        let cancelling = matches!(op, ClusterOp::Cancel);
         let r = match (op, lock) {
             (ClusterOp::Acquire { mode, noqueue }, None) => {
                 let flags = LockFlags {
@@ -708,6 +781,12 @@ impl Core {
                 Err(dlm::ApiError::UnknownLock)
             }
         };
+        if cancelling && r == Err(dlm::ApiError::Denied) {
+            // The conversion was granted already and its AST is queued: the
+            // AST completes the request (found by the simulator).
+            log::debug!("o2dlm: cancel came after the grant; the AST completes it");
+            return;
+        }
         if let Err(e) = r {
             log::warn!(
                 "o2dlm: cluster request on {:?} in {} refused: {e:?}",
