@@ -841,113 +841,122 @@ fn second_death(s: &Steps) {
     finish_all(s, &mut [&mut n0, &mut n1]);
 }
 
-/// Four nodes. Node 3 holds D3 (its own) and E (mastered by node 1) at EX,
-/// node 0 holds F (its own) at EX; node 1 waits for D3, node 2 for E.
-/// kill -9 node 3, then kill -9 whichever survivor claims to be the
-/// recovery master (the lowest, node 0, by the election) the moment it
-/// claims it. The two others finish both recoveries.
+/// Four nodes. Node 3 masters D0..D2 and holds them at EX; node k (k <
+/// 3) waits for Dk at PR and holds its own Fk at EX. kill -9 node 3, then
+/// kill -9 whichever survivor claims the recovery master role (the lowest
+/// node, if it wins the `$RECOVERY` lock first) the moment its claim
+/// appears, before the recovery it leads has ended anywhere. The two
+/// others elect again and recover both dead nodes: their waiters are
+/// granted, the names of both dead nodes read zeros and are usable.
 fn reco_master_death(s: &Steps) {
     let c = cluster("rk6", 227, 4, port(26));
-    let mut n0 = Client::spawn(&c, 0, "k6");
-    let mut n1 = Client::spawn(&c, 1, "k6");
-    let mut n2 = Client::spawn(&c, 2, "k6");
-    let mut n3 = Client::spawn(&c, 3, "k6");
+    let mut ns: Vec<Client> = (0..4).map(|n| Client::spawn(&c, n, "k6")).collect();
     let t = Instant::now();
-    join_all(&mut [&mut n0, &mut n1, &mut n2, &mut n3]);
+    for n in ns.iter_mut() {
+        n.joined();
+    }
     s.timed("4 nodes joined", INIT, t.elapsed());
-    n1.ok("lock E ex");
-    n1.ok("write E e-n1");
-    n1.ok("unlock E");
-    n3.ok("lock D3 ex");
-    n3.ok("write D3 d3-n3");
-    n3.ok("lock E ex");
-    n3.ok("write E e-n3");
-    n0.ok("lock F ex");
-    n0.ok("write F f-n0");
-    n1.send("lock D3 pr");
-    n2.send("lock E pr");
+    for k in 0..3 {
+        ns[3].ok(&format!("lock D{k} ex"));
+        ns[3].ok(&format!("write D{k} d{k}-n3"));
+        ns[k].ok(&format!("lock F{k} ex"));
+        ns[k].ok(&format!("write F{k} f{k}-n{k}"));
+    }
+    for k in 0..3 {
+        ns[k].send(&format!("lock D{k} pr"));
+    }
     std::thread::sleep(SHORT);
-    assert!(!n1.has_unread_op() && !n2.has_unread_op());
+    assert!(ns[..3].iter().all(|n| !n.has_unread_op()));
 
-    signal(&n3, libc::SIGKILL);
+    signal(&ns[3], libc::SIGKILL);
     let k = Instant::now();
     s.note("kill -9 n3");
-    // Whoever claims the role first; the claim is logged before BEGIN_RECO.
+    // The claim is logged before BEGIN_RECO goes out.
     let pat = "is the recovery master for dead node Some(3)";
     let end = Instant::now() + after_death();
-    let master = loop {
-        if let Some(i) = [&n0, &n1, &n2].iter().position(|c| c.stderr_count(pat) > 0) {
+    let m = loop {
+        if let Some(i) = ns[..3].iter().position(|c| c.stderr_count(pat) > 0) {
             break i;
         }
         assert!(
             Instant::now() < end,
             "nobody claimed to be the recovery master for n3\n{}",
-            dump_all(&[&n0, &n1, &n2])
+            dump_all(&[&ns[0], &ns[1], &ns[2]])
         );
-        std::thread::sleep(Duration::from_millis(2));
+        std::thread::sleep(Duration::from_millis(1));
     };
-    let victim = [&n0, &n1, &n2][master];
-    signal(victim, libc::SIGKILL);
+    signal(&ns[m], libc::SIGKILL);
     let kill2 = wall();
-    let vname = victim.name.clone();
-    let done_before: Vec<String> = [&n0, &n1, &n2]
+    let claim = log_time(&log_lines(&ns[m], &[pat])[0]);
+    let done_before: Vec<String> = ns[..3]
         .iter()
         .flat_map(|c| log_lines(c, &["end recovery of node 3 "]))
         .filter(|l| log_time(l) < kill2)
         .collect();
     s.note(format!(
-        "{vname} claimed recovery master {:.1} s after the first kill; SIGKILL {vname}; recovery of n3 already ended somewhere before that: {}",
+        "n{m} claimed recovery master {:.1} s after the first kill; SIGKILL n{m} {:.1} ms after its claim",
         k.elapsed().as_secs_f64(),
-        !done_before.is_empty()
+        (kill2 - claim) * 1000.0
     ));
-    assert_eq!(
-        master, 0,
-        "the recovery master was {vname}, not the lowest live node n0"
-    );
     assert!(
         done_before.is_empty(),
-        "recovery of n3 ended before its master died: {done_before:?}"
+        "recovery of n3 ended before its master n{m} was killed (too late a kill): {done_before:?}"
     );
+    let live: Vec<usize> = (0..3).filter(|&i| i != m).collect();
     let both = after_death() + DEAD + PERIOD;
-    granted(
-        s,
-        &mut n1,
-        "n1's PR on D3 (dead n3 mastered, held EX) granted",
-        k,
-        both,
-    );
-    granted(
-        s,
-        &mut n2,
-        "n2's PR on E (dead n3 held EX) granted",
-        k,
-        both,
-    );
-    assert_eq!(lvb(&mut n1, "D3"), "");
-    assert_eq!(lvb(&mut n2, "E"), "");
-    recovered(s, &[&n1, &n2], 3, k, both);
-    recovered(s, &[&n1, &n2], 0, k, both + PERIOD);
+    for &i in &live {
+        let n = &mut ns[i];
+        granted(
+            s,
+            n,
+            &format!("n{i}'s PR on D{i} (dead n3 mastered, held EX) granted"),
+            k,
+            both,
+        );
+        assert_eq!(
+            lvb(n, &format!("D{i}")),
+            "",
+            "D{i}: the dead n3 held EX: zeros"
+        );
+    }
+    let sv: Vec<&Client> = live.iter().map(|&i| &ns[i]).collect();
+    recovered(s, &sv, 3, k, both);
+    recovered(s, &sv, m as u8, k, both + PERIOD);
     s.note(format!(
-        "new recovery masters: node 3 {:?}, node 0 {:?}",
-        reco_masters(&[&n1, &n2], 3),
-        reco_masters(&[&n1, &n2], 0)
+        "recovery masters after the election again: node 3 {:?}, node {m} {:?}",
+        reco_masters(&sv, 3),
+        reco_masters(&sv, m as u8)
     ));
     let t = Instant::now();
-    n1.ok("unlock D3");
-    n2.ok("unlock E");
-    n1.ok("lock F pr");
-    assert_eq!(lvb(&mut n1, "F"), "", "F: the dead n0 held EX: zeros");
-    n1.ok("unlock F");
-    for name in ["D3", "E", "F"] {
-        n1.ok(&format!("incr {name}"));
-        n2.ok(&format!("incr {name}"));
-        n1.ok(&format!("lock {name} pr"));
-        assert_eq!(lvb(&mut n1, name), "2", "{name}");
-        n1.ok(&format!("unlock {name}"));
+    let (a, b) = (live[0], live[1]);
+    for &i in &live {
+        ns[i].ok(&format!("unlock D{i}"));
+        ns[i].ok(&format!("unlock F{i}"));
     }
-    s.timed("survivors use D3, E, F again", OP, t.elapsed());
-    healthy(&[&n1, &n2]);
-    finish_all(s, &mut [&mut n1, &mut n2]);
+    // The names of both dead nodes and of the survivors.
+    ns[a].ok(&format!("lock F{m} pr"));
+    assert_eq!(
+        lvb(&mut ns[a], &format!("F{m}")),
+        "",
+        "F{m}: the dead n{m} held EX: zeros"
+    );
+    ns[a].ok(&format!("unlock F{m}"));
+    for name in ["D0", "D1", "D2", &format!("F{m}")] {
+        ns[a].ok(&format!("incr {name}"));
+        ns[b].ok(&format!("incr {name}"));
+        ns[a].ok(&format!("lock {name} pr"));
+        assert_eq!(lvb(&mut ns[a], name), "2", "{name}");
+        ns[a].ok(&format!("unlock {name}"));
+    }
+    ns[b].ok(&format!("lock F{a} pr"));
+    assert_eq!(lvb(&mut ns[b], &format!("F{a}")), format!("f{a}-n{a}"));
+    ns[b].ok(&format!("unlock F{a}"));
+    s.timed("survivors use every name again", OP, t.elapsed());
+    let [x, y] = [a, b];
+    let (lo, hi) = ns.split_at_mut(y);
+    let (na, nb) = (&mut lo[x], &mut hi[0]);
+    healthy(&[na, nb]);
+    finish_all(s, &mut [na, nb]);
 }
 
 /// Four nodes in two network namespaces: side A = {0, 3}, side B = {1, 2}.
