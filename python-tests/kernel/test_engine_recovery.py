@@ -245,8 +245,6 @@ def test_r2_restart_and_rejoin(mix, report):
         with Timer(report, "test r2: guest open of ub succeeds", 15):
             data = got_lvb(ju, 15)
         assert data == ZERO_LVB, f"ub: the dead incarnation held EX: zeros expected, got {data!r}"
-        if got_at is not None:
-            assert got_at <= joined + 1.0
         # the guest holds EX now: our new incarnation waits, then gets it
         p = c2.start("lock", ctx2, "ub", 0, EX)
         time.sleep(2)
