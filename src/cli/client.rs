@@ -42,6 +42,8 @@ mounted ocfs2_dlmfs) and reads one command per line on stdin:
   append PATH TEXT                 append `TEXT begin` and `TEXT end` lines to PATH
                                    in two writes 2 ms apart (an interleaving probe)
   sleep MS                         pause
+  until UNIX_MS                    pause until that wall-clock time (ms since the
+                                   epoch), to line up scripts of several nodes
   echo TEXT                        print TEXT (a marker)
   destroy                          o2dlm_destroy (leave the domain)
   init [DOMAIN]                    o2dlm_initialize again (rejoin)
@@ -195,6 +197,20 @@ impl Client {
                     true
                 }
                 Err(_) => self.bad(cmd, "usage: sleep MS"),
+            },
+            "until" => match rest.trim().parse::<u64>() {
+                Ok(at) => {
+                    let now = SystemTime::now()
+                        .duration_since(UNIX_EPOCH)
+                        .unwrap_or_default()
+                        .as_millis() as u64;
+                    // Late when the previous commands overran the mark.
+                    let late = now.saturating_sub(at);
+                    std::thread::sleep(Duration::from_millis(at.saturating_sub(now)));
+                    emit(&format!("op=until rc=OK late_ms={late}"));
+                    true
+                }
+                Err(_) => self.bad(cmd, "usage: until UNIX_MS"),
             },
             "echo" => {
                 emit(&format!("op=echo rc=OK text={rest}"));

@@ -147,6 +147,13 @@ impl Client {
         self.child.id()
     }
 
+    /// SIGKILL (no clean leave, no heartbeat leaving block) and reap, so
+    /// its sockets are gone when this returns.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     /// Sends one command line without waiting.
     pub fn send(&mut self, cmd: &str) {
         let stdin = self.stdin.as_mut().expect("stdin already closed");
