@@ -1054,6 +1054,14 @@ fn partition(s: &Steps) {
             n.dump()
         );
         assert!(n.stderr_count("FENCED") >= 1, "{}", n.dump());
+        // What led there: the link losses and the decision.
+        let why: Vec<String> = n
+            .stderr_all()
+            .lines()
+            .filter(|l| l.contains("quorum") || l.contains("no longer connected"))
+            .map(|l| l.split_once(" o2net: ").map_or(l, |x| x.1).to_string())
+            .collect();
+        s.note(format!("{}: {}", n.name, why.join(" | ")));
         s.timed(
             &format!("{} (side B) fenced, exit 70", n.name),
             fence_by,
