@@ -266,11 +266,6 @@ impl Client {
         }
     }
 
-    /// Stdout lines with the instant each arrived.
-    pub fn timed_lines(&self) -> Vec<(Instant, String)> {
-        self.out.0.lock().unwrap().clone()
-    }
-
     /// True when a result line beyond the consumed ones has arrived.
     pub fn has_unread_op(&self) -> bool {
         let lines = self.out.0.lock().unwrap();
