@@ -58,7 +58,30 @@ o2dlm-sim seed=0x129b nodes=4 domains=1 names=3 cache_clients=2 direct_clients=1
 16762 op n0 c1 lock d0 s0 ex try
 ";
 
-const KNOWN: [(&str, &str, FailKind); 3] = [
+/// Bug 2: the recovery master gives up a recovery it is finalizing. n0
+/// (paused) and n5 (crashed) die together in an 8-node cluster. n1
+/// recovers n0 and sends FINALIZE_RECO to the members one at a time; n2,
+/// finalized first, ends recovery of n0, wins `$RECOVERY` for n5 and sends
+/// BEGIN_RECO to n1, which accepts it ("node 2 replaces 1 as recovery
+/// master") in the middle of its own finalize. n4, n6 and n7 never get
+/// stage 2 and stay in the recovery of n0; n2's recovery of n5 retries
+/// their LOCK_REQUEST answers for ever; no one can join again. The
+/// kernel's master sets the FINALIZE state while it sends the finalize
+/// messages, so its BEGIN_RECO handler answers -EAGAIN; the engine
+/// refuses only when finalizing as a participant (`reco.finalizing`),
+/// not in its own `RecoPhase::Finalize`.
+const MASTER_FINALIZING_ACCEPTS_BEGIN_RECO: &str = "\
+o2dlm-sim seed=0x2c nodes=8 domains=1 names=3 cache_clients=2 direct_clients=1 faults=delays,links,pauses,crashes
+16678 fault crash n5 14661ms
+16761 fault pause n0 9812ms
+";
+
+const KNOWN: [(&str, &str, FailKind); 4] = [
+    (
+        "recovery master finalizing accepts BEGIN_RECO",
+        MASTER_FINALIZING_ACCEPTS_BEGIN_RECO,
+        FailKind::Liveness,
+    ),
     (
         "mastery during recovery: lost request",
         MASTERY_DURING_RECOVERY_LOST_REQUEST,
@@ -119,4 +142,10 @@ fn fixed_mastery_during_recovery_two_masters() {
 #[ignore = "DLM bug 1c: votes from before a death are kept"]
 fn fixed_mastery_stale_votes_after_death() {
     must_pass(MASTERY_STALE_VOTES_AFTER_DEATH);
+}
+
+#[test]
+#[ignore = "DLM bug 2: the recovery master accepts BEGIN_RECO while finalizing"]
+fn fixed_master_finalizing_refuses_begin_reco() {
+    must_pass(MASTER_FINALIZING_ACCEPTS_BEGIN_RECO);
 }

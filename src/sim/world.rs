@@ -55,7 +55,9 @@ pub enum FailKind {
     Lvb,
     /// A completion (grant, failure) for a request not in flight, or twice.
     DoubleGrant,
-    /// A request still not granted `LIVENESS_MS` after faults stopped.
+    /// `LIVENESS_MS` after faults stopped (and after the last death
+    /// verdict): a request still not granted, or the cluster not settled
+    /// (a node not back, a domain not rejoined, a recovery not over).
     Liveness,
     /// A message or reply that would make a Linux kernel peer BUG.
     KernelBug,
@@ -296,12 +298,24 @@ struct Ghost {
     known: [u16; 2],
 }
 
+/// The resources a dead node mastered: an LVB written there after the
+/// crash and before recovery is over may be lost (an unlock or
+/// down-convert that never reached the master, or whose lock recovery no
+/// longer finds).
+struct Fragile {
+    node: u8,
+    /// Survivors that have not declared it dead yet.
+    waiting: u16,
+    keys: Vec<(u8, u8)>,
+}
+
 #[derive(Debug, Clone, Copy, Default)]
 struct LvbModel {
     last: u64,
-    /// Zero is acceptable too: at some moment no lock at all existed on
-    /// the resource (it may have been purged, and a new one starts with a
-    /// zero LVB, as in the kernel).
+    /// Zero is acceptable too, without the invalid flag: at some moment
+    /// no lock at all existed on the resource (it may have been purged,
+    /// and a new one starts with a zero LVB, as in the kernel), or a lost
+    /// LVB was since written back as zero by an EX holder.
     purged: bool,
     /// Zero is acceptable too: since the last write a node died that held
     /// the resource at EX (§9.6: the master zeroes the LVB) or mastered it
@@ -348,6 +362,7 @@ pub struct World {
     /// which follow one domain at a time).
     log: Vec<(u32, Record)>,
     ghosts: Vec<Ghost>,
+    fragile: Vec<Fragile>,
     lvb: BTreeMap<(u8, u8), LvbModel>,
     next_lvb: u64,
     drain_at: u64,
@@ -462,6 +477,7 @@ impl World {
             next_item: 0,
             log: Vec::new(),
             ghosts: Vec::new(),
+            fragile: Vec::new(),
             lvb: BTreeMap::new(),
             next_lvb: 1,
             drain_at: u64::from(end.max(START_MS)) + 1_000,
@@ -538,7 +554,7 @@ impl World {
                     detail: format!("more than {MAX_EVENTS} events"),
                 });
             }
-            if self.draining && self.all_idle() {
+            if self.draining && self.all_idle() && self.unsettled().is_empty() {
                 break;
             }
             let next = self.next_event();
@@ -552,7 +568,7 @@ impl World {
                     kind: FailKind::Liveness,
                     at_ms: deadline,
                     detail: format!(
-                        "requests still waiting {LIVENESS_MS} ms after faults stopped and the last death verdict: {d}"
+                        "not settled {LIVENESS_MS} ms after faults stopped and the last death verdict: {d}"
                     ),
                 });
             }
@@ -597,8 +613,32 @@ impl World {
             .all(|nd| nd.run == Run::Down || nd.clients.iter().all(Client::idle))
     }
 
-    fn stuck_report(&self) -> String {
+    /// What keeps the cluster from having settled after the faults: a
+    /// node not (yet) back, a domain not (re)joined, a recovery not over.
+    fn unsettled(&self) -> Vec<String> {
         let mut v = Vec::new();
+        for nd in &self.nodes {
+            if nd.run != Run::Up {
+                v.push(format!("n{} {:?}", nd.num, nd.run));
+                continue;
+            }
+            for (d, st) in nd.doms.iter().enumerate() {
+                match st {
+                    DomSt::Joined(id) => {
+                        let p = nd.dlm.recovery_pending(*id);
+                        if !p.is_empty() {
+                            v.push(format!("n{} d{d} recovering {p:?}", nd.num));
+                        }
+                    }
+                    other => v.push(format!("n{} d{d} {other:?}", nd.num)),
+                }
+            }
+        }
+        v
+    }
+
+    fn stuck_report(&self) -> String {
+        let mut v = self.unsettled();
         for nd in &self.nodes {
             for (i, c) in nd.clients.iter().enumerate() {
                 if !c.idle() && nd.run != Run::Down {
@@ -744,6 +784,10 @@ impl World {
                     }
                     self.nodes[i].dlm.handle_node_up(now, p);
                     self.pump(i);
+                    // o2net forgets a lost connection once the peer's
+                    // heartbeat comes (back) up.
+                    let ci = self.conn_ix(i as u8, p);
+                    self.conns[ci].persistent = false;
                     self.maybe_connect(i as u8, p);
                 }
                 HbEvent::NodeDown(p) if p as usize != i => {
@@ -760,6 +804,7 @@ impl World {
                         return;
                     }
                     self.lvb_master_scan(i, p);
+                    self.lvb_unheld(p);
                     self.nodes[i].dlm.handle_node_down(now, p);
                     self.pump(i);
                     self.break_conn(i as u8, p, false);
@@ -771,6 +816,11 @@ impl World {
                         }
                     }
                     self.ghosts.retain(|g| g.waiting != 0);
+                    for f in &mut self.fragile {
+                        if f.node == p {
+                            f.waiting &= !(1 << i);
+                        }
+                    }
                 }
                 HbEvent::WriteTimeout => {
                     self.fence(i);
@@ -1339,6 +1389,9 @@ impl World {
             g.waiting &= !(1 << i);
         }
         self.ghosts.retain(|g| g.waiting != 0);
+        for f in &mut self.fragile {
+            f.waiting &= !(1 << i);
+        }
         for k in names {
             self.check_unused(k);
         }
@@ -1356,15 +1409,29 @@ impl World {
                 hit.push(key);
             }
         }
+        let mut mastered = Vec::new();
         for d in 0..nd.doms.len() as u8 {
             let Some(id) = self.dom_id(i, d) else {
                 continue;
             };
             for s in 0..self.sched.cfg.names.max(1) {
                 if nd.dlm.resource_owner(id, &lock_name(s)) == Some(nd.num) {
-                    hit.push((d, s));
+                    mastered.push((d, s));
                 }
             }
+        }
+        let waiting = (0..self.n)
+            .filter(|&j| {
+                j != i && self.nodes[j].run != Run::Down && self.nodes[j].live & (1 << i) != 0
+            })
+            .fold(0u16, |m, j| m | 1 << j);
+        hit.extend(mastered.iter().copied());
+        if !mastered.is_empty() {
+            self.fragile.push(Fragile {
+                node: i as u8,
+                waiting,
+                keys: mastered,
+            });
         }
         for k in hit {
             // No survivor holds a granted lock on it: recovery has nothing
@@ -1382,6 +1449,64 @@ impl World {
             m.died = true;
             m.purged |= !held;
         }
+    }
+
+    /// At a verdict on dead node `p`: a resource it mastered on which no
+    /// survivor holds a granted lock any more has nothing to recover; the
+    /// next master starts it afresh (zero, unflagged), as after a purge.
+    fn lvb_unheld(&mut self, p: u8) {
+        let keys: Vec<(u8, u8)> = self
+            .fragile
+            .iter()
+            .filter(|f| f.node == p)
+            .flat_map(|f| f.keys.iter().copied())
+            .collect();
+        for k in keys {
+            let held = self.nodes.iter().any(|nd| {
+                nd.num != p
+                    && nd.run != Run::Down
+                    && nd
+                        .lock_names
+                        .iter()
+                        .any(|(&lk, &x)| x == k && nd.dlm.lock_mode(LockId(lk)).is_some())
+            });
+            if !held {
+                if let Some(m) = self.lvb.get_mut(&k) {
+                    m.purged = true;
+                }
+            }
+        }
+    }
+
+    /// Records an LVB write under EX.
+    fn lvb_written(&mut self, key: (u8, u8), v: u64) {
+        let pending = |node: u8| -> bool {
+            self.nodes.iter().any(|nd| {
+                nd.run == Run::Up
+                    && nd.doms.iter().any(|d| match d {
+                        DomSt::Joined(id) => nd.dlm.recovery_pending(*id).contains(&node),
+                        _ => false,
+                    })
+            })
+        };
+        let keep: Vec<bool> = self
+            .fragile
+            .iter()
+            .map(|f| f.waiting != 0 || pending(f.node))
+            .collect();
+        let mut k = keep.iter();
+        self.fragile.retain(|_| k.next().copied().unwrap_or(false));
+        // A write while its dead master is still being recovered may be
+        // lost, and its lock with it (zero, unflagged, as after a purge).
+        let lost = self.fragile.iter().any(|f| f.keys.contains(&key));
+        self.lvb.insert(
+            key,
+            LvbModel {
+                last: v,
+                purged: lost,
+                died: lost,
+            },
+        );
     }
 
     /// Node `i` is about to learn that node `dead` died (§9.1): on the
@@ -1659,14 +1784,7 @@ impl World {
                 if let Some(e) = self.nodes[i].names.get_mut(&(dom, name)) {
                     e.cache.write_lvb(&lvb_of(v));
                 }
-                self.lvb.insert(
-                    (dom, name),
-                    LvbModel {
-                        last: v,
-                        purged: false,
-                        died: false,
-                    },
-                );
+                self.lvb_written((dom, name), v);
             }
             (
                 Client::Cache {
@@ -1773,14 +1891,7 @@ impl World {
                 let v = self.next_lvb;
                 self.next_lvb += 1;
                 if self.nodes[i].dlm.set_lvb(lock, &lvb_of(v)).is_ok() {
-                    self.lvb.insert(
-                        (dom, name),
-                        LvbModel {
-                            last: v,
-                            purged: false,
-                            died: false,
-                        },
-                    );
+                    self.lvb_written((dom, name), v);
                 }
             }
             (
@@ -2083,6 +2194,23 @@ impl World {
 
     fn on_event(&mut self, i: usize, e: Event) {
         self.tr(|| format!("n{i} event {e:?}"));
+        if let Event::Ast {
+            lock,
+            mode: Mode::Ex,
+            lvb: Some(l),
+        } = &e
+        {
+            // An EX holder that got a zero LVB after a death writes it back
+            // when it lets go (the engine's cache always does): from then
+            // on the zero no longer carries the invalid flag.
+            if *l == [0u8; 64] {
+                if let Some(k) = self.nodes[i].lock_names.get(&lock.0).copied() {
+                    if let Some(m) = self.lvb.get_mut(&k) {
+                        m.purged |= m.died;
+                    }
+                }
+            }
+        }
         let lock = match &e {
             Event::JoinDone { domain, result } => {
                 for d in 0..self.nodes[i].doms.len() {
