@@ -18,13 +18,14 @@ Options (the same ones must be given to replay a seed):
   --names S                   lock names per domain (default 3)
   --ops N                     client operations per schedule (default 40)
   --faults LIST               none | all | delays,pauses,links,crashes
-                              (default delays,pauses; links and crashes
-                              need node-death recovery in the DLM)
+                              (default all)
   --cache-clients C           clients per node through LocalLock (default 2)
   --direct-clients C          clients per node on the Dlm API (default 1)
   --broken grant|unlock|lvb   a deliberately broken variant (checker demo);
   --broken engine-cancel      the engine's current refused-cancel handling
   --shrink-runs N             re-runs allowed for shrinking (default 5000)
+  --failures N                sweep on until N failures (default 1); each
+                              is listed, the first one is shrunk
   --trace                     print every step of the (shrunk) run
 
 A failure prints the seed, the failure, and the shrunk schedule as text:
@@ -54,6 +55,7 @@ fn run_inner(args: &[String]) -> Result<ExitCode, String> {
     let mut cfg = SimConfig::default();
     let (mut schedules, mut first, mut threads) = (None, 1u64, 2usize);
     let (mut replay, mut file, mut trace, mut shrink_runs) = (None, None, false, 5000usize);
+    let mut max_failures = 1usize;
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match a.as_str() {
@@ -68,6 +70,7 @@ fn run_inner(args: &[String]) -> Result<ExitCode, String> {
             "--file" => file = Some(it.next().ok_or("--file needs a path")?.clone()),
             "--trace" => trace = true,
             "--shrink-runs" => shrink_runs = num(it.next(), a)? as usize,
+            "--failures" => max_failures = num(it.next(), a)?.max(1) as usize,
             "--nodes" => {
                 let v = it.next().ok_or("--nodes needs a value")?;
                 let (lo, hi) = match v.split_once('-') {
@@ -120,23 +123,31 @@ fn run_inner(args: &[String]) -> Result<ExitCode, String> {
             );
         }
     };
-    let r = sim::sweep(&cfg, first, count, threads, 1, &progress);
+    let r = sim::sweep(&cfg, first, count, threads, max_failures, &progress);
     let rate = r.per_second();
     println!(
-        "{} schedules in {:.1} s: {:.0} schedules/s ({:.0} per thread); {} messages, {} grants, {} LVB reads checked",
+        "{} schedules in {:.1} s: {:.0} schedules/s ({:.0} per thread); {} messages, {} grants, {} LVB reads checked ({} invalid), {} node deaths",
         r.ran,
         r.elapsed.as_secs_f64(),
         rate,
         rate / threads as f64,
         r.messages,
         r.grants,
-        r.lvb_reads
+        r.lvb_reads,
+        r.lvb_invalid_reads,
+        r.deaths
     );
     if rate > 0.0 {
         println!(
             "projected time for 1,000,000 schedules at this rate: {:.1} min",
             1e6 / rate / 60.0
         );
+    }
+    if r.failures.len() > 1 {
+        println!("{} failures:", r.failures.len());
+        for (s, f) in &r.failures {
+            println!("  seed {} ({} nodes): {f}", s.seed, s.nodes);
+        }
     }
     match r.failures.first() {
         None => {

@@ -126,6 +126,8 @@ pub struct SweepReport {
     pub messages: u64,
     pub grants: u64,
     pub lvb_reads: u64,
+    pub lvb_invalid_reads: u64,
+    pub deaths: u64,
     /// Failing schedules (unshrunk), by seed.
     pub failures: Vec<(Schedule, Failure)>,
 }
@@ -169,6 +171,8 @@ pub fn sweep(
                             local.messages += st.messages;
                             local.grants += st.grants;
                             local.lvb_reads += st.lvb_reads;
+                            local.lvb_invalid_reads += st.lvb_invalid_reads;
+                            local.deaths += st.deaths;
                         }
                         Err(f) => {
                             fails.push((s, f));
@@ -188,6 +192,8 @@ pub fn sweep(
                 o.messages += local.messages;
                 o.grants += local.grants;
                 o.lvb_reads += local.lvb_reads;
+                o.lvb_invalid_reads += local.lvb_invalid_reads;
+                o.deaths += local.deaths;
             });
         }
         let mut last = Instant::now();

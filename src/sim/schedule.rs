@@ -14,14 +14,14 @@ pub struct FaultSet {
     /// The network between two nodes is cut for a while: the connection
     /// is lost (queued messages and unsent replies with it) and, as o2net
     /// does, not re-made while both heartbeat; the quorum rule fences one
-    /// side, which restarts, and then they reconnect. Survivors need
-    /// recovery for this (off by default).
+    /// side, which restarts, and then they reconnect; the survivors
+    /// recover its locks.
     pub links: bool,
     /// Short pauses of a whole node (no timers, no heartbeat, no delivery),
     /// shorter than the heartbeat dead time.
     pub pauses: bool,
     /// Node crashes with restart, and pauses long enough to be declared
-    /// dead. Survivors need recovery for this (off by default).
+    /// dead; the survivors recover its locks.
     pub crashes: bool,
 }
 
@@ -32,11 +32,12 @@ impl FaultSet {
         pauses: false,
         crashes: false,
     };
+    /// Every fault class (the DLM recovers from node deaths).
     pub const DEFAULT: FaultSet = FaultSet {
         delays: true,
-        links: false,
+        links: true,
         pauses: true,
-        crashes: false,
+        crashes: true,
     };
 
     /// Parses "none", "all", or a comma list of delays,links,pauses,crashes.
@@ -53,11 +54,7 @@ impl FaultSet {
                         crashes: true,
                     }
                 }
-                "default" => {
-                    let c = f.crashes;
-                    f = FaultSet::DEFAULT;
-                    f.crashes |= c;
-                }
+                "default" => f = FaultSet::DEFAULT,
                 "delays" | "delay" => f.delays = true,
                 "links" | "link" => f.links = true,
                 "pauses" | "pause" => f.pauses = true,

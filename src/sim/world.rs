@@ -13,6 +13,7 @@
 use super::rng::Rng;
 use super::schedule::{Act, Broken, FaultKind, Item, Schedule, START_MS};
 use crate::dlm::cache::{CacheAction, ClusterOp, HolderId, LocalLock};
+use crate::dlm::lockres::Queue;
 use crate::dlm::sim::{kernel_safety_violations, node_table, Record};
 use crate::dlm::{
     Dlm, DlmConfig, DomainId, Event, LockFlags, LockId, Lvb, Mode, ReplyToken, RequestId, Transmit,
@@ -20,7 +21,9 @@ use crate::dlm::{
 };
 use crate::heartbeat::{HbEvent, HbParams, Heartbeat, PERIOD};
 use crate::net::quorum::{Decision, Quorum};
-use crate::wire::dlm::{uses_mod_key, DlmMessage, DLM_NORMAL, DLM_NOTQUEUED, DLM_UNLOCK_LOCK_MSG};
+use crate::wire::dlm::{
+    uses_mod_key, DlmMessage, DLM_BEGIN_RECO_MSG, DLM_NORMAL, DLM_NOTQUEUED, DLM_UNLOCK_LOCK_MSG,
+};
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fmt;
 use std::time::{Duration, Instant};
@@ -52,7 +55,9 @@ pub enum FailKind {
     Lvb,
     /// A completion (grant, failure) for a request not in flight, or twice.
     DoubleGrant,
-    /// A request still not granted `LIVENESS_MS` after faults stopped.
+    /// `LIVENESS_MS` after faults stopped (and after the last death
+    /// verdict): a request still not granted, or the cluster not settled
+    /// (a node not back, a domain not rejoined, a recovery not over).
     Liveness,
     /// A message or reply that would make a Linux kernel peer BUG.
     KernelBug,
@@ -83,6 +88,10 @@ pub struct Stats {
     pub grants: u64,
     pub ops_applied: u64,
     pub lvb_reads: u64,
+    /// LVB reads that returned zero (invalid) after a death or a purge.
+    pub lvb_invalid_reads: u64,
+    /// Node deaths (crashes, fences, operator reboots).
+    pub deaths: u64,
     pub end_ms: u64,
 }
 
@@ -284,16 +293,41 @@ struct Ghost {
     node: u8,
     holds: Vec<(u8, u8, Mode)>,
     waiting: u16,
+    /// Per domain: the nodes whose DLM has taken it out of the domain map
+    /// (sticky: it may come back once restarted and rejoined).
+    known: [u16; 2],
+}
+
+/// The resources a dead node mastered: an LVB written there after the
+/// crash and before recovery is over may be lost (an unlock or
+/// down-convert that never reached the master, or whose lock recovery no
+/// longer finds).
+struct Fragile {
+    node: u8,
+    /// Survivors that have not declared it dead yet.
+    waiting: u16,
+    keys: Vec<(u8, u8)>,
 }
 
 #[derive(Debug, Clone, Copy, Default)]
 struct LvbModel {
     last: u64,
-    /// Zero is acceptable too: an EX holder died since the last write,
-    /// or at some moment no lock at all existed on the resource (it may
-    /// have been purged, and a new one starts with a zero LVB, as in the
-    /// kernel).
-    invalid: bool,
+    /// Zero is acceptable too, without the invalid flag: at some moment
+    /// no lock at all existed on the resource (it may have been purged,
+    /// and a new one starts with a zero LVB, as in the kernel), or a lost
+    /// LVB was since written back as zero by an EX holder.
+    purged: bool,
+    /// Zero is acceptable too: since the last write a node died that held
+    /// the resource at EX (§9.6: the master zeroes the LVB) or mastered it
+    /// (§9.5: recovery keeps only an LVB another survivor vouches for).
+    /// A local master then flags the grant (`Dlm::lock_lvb_invalid`).
+    died: bool,
+}
+
+impl LvbModel {
+    fn invalid(&self) -> bool {
+        self.purged || self.died
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -328,9 +362,12 @@ pub struct World {
     /// which follow one domain at a time).
     log: Vec<(u32, Record)>,
     ghosts: Vec<Ghost>,
+    fragile: Vec<Fragile>,
     lvb: BTreeMap<(u8, u8), LvbModel>,
     next_lvb: u64,
     drain_at: u64,
+    /// The last heartbeat death verdict: recovery starts from there.
+    last_death: u64,
     draining: bool,
     fail: Option<Failure>,
     stats: Stats,
@@ -440,9 +477,11 @@ impl World {
             next_item: 0,
             log: Vec::new(),
             ghosts: Vec::new(),
+            fragile: Vec::new(),
             lvb: BTreeMap::new(),
             next_lvb: 1,
             drain_at: u64::from(end.max(START_MS)) + 1_000,
+            last_death: 0,
             draining: false,
             fail: None,
             stats: Stats::default(),
@@ -501,7 +540,9 @@ impl World {
     /// Runs the schedule to its end (or to the first failure).
     pub fn run(&mut self) -> Result<Stats, Failure> {
         loop {
-            let deadline = self.drain_at + LIVENESS_MS;
+            // Waiting requests must be granted within the bound after
+            // faults stop, and after the last death verdict (recovery).
+            let deadline = self.drain_at.max(self.last_death) + LIVENESS_MS;
             if let Some(f) = self.fail.take() {
                 return Err(f);
             }
@@ -513,7 +554,7 @@ impl World {
                     detail: format!("more than {MAX_EVENTS} events"),
                 });
             }
-            if self.draining && self.all_idle() {
+            if self.draining && self.all_idle() && self.unsettled().is_empty() {
                 break;
             }
             let next = self.next_event();
@@ -527,7 +568,7 @@ impl World {
                     kind: FailKind::Liveness,
                     at_ms: deadline,
                     detail: format!(
-                        "requests still waiting {LIVENESS_MS} ms after faults stopped: {d}"
+                        "not settled {LIVENESS_MS} ms after faults stopped and the last death verdict: {d}"
                     ),
                 });
             }
@@ -572,8 +613,32 @@ impl World {
             .all(|nd| nd.run == Run::Down || nd.clients.iter().all(Client::idle))
     }
 
-    fn stuck_report(&self) -> String {
+    /// What keeps the cluster from having settled after the faults: a
+    /// node not (yet) back, a domain not (re)joined, a recovery not over.
+    fn unsettled(&self) -> Vec<String> {
         let mut v = Vec::new();
+        for nd in &self.nodes {
+            if nd.run != Run::Up {
+                v.push(format!("n{} {:?}", nd.num, nd.run));
+                continue;
+            }
+            for (d, st) in nd.doms.iter().enumerate() {
+                match st {
+                    DomSt::Joined(id) => {
+                        let p = nd.dlm.recovery_pending(*id);
+                        if !p.is_empty() {
+                            v.push(format!("n{} d{d} recovering {p:?}", nd.num));
+                        }
+                    }
+                    other => v.push(format!("n{} d{d} {other:?}", nd.num)),
+                }
+            }
+        }
+        v
+    }
+
+    fn stuck_report(&self) -> String {
+        let mut v = self.unsettled();
         for nd in &self.nodes {
             for (i, c) in nd.clients.iter().enumerate() {
                 if !c.idle() && nd.run != Run::Down {
@@ -719,15 +784,27 @@ impl World {
                     }
                     self.nodes[i].dlm.handle_node_up(now, p);
                     self.pump(i);
+                    // o2net forgets a lost connection once the peer's
+                    // heartbeat comes (back) up.
+                    let ci = self.conn_ix(i as u8, p);
+                    self.conns[ci].persistent = false;
                     self.maybe_connect(i as u8, p);
                 }
                 HbEvent::NodeDown(p) if p as usize != i => {
                     self.tr(|| format!("hb n{i}: n{p} down"));
+                    self.last_death = self.now;
+                    if matches!(self.nodes[p as usize].run, Run::Paused { .. }) {
+                        // Declared dead while stopped: survivors recover
+                        // its locks now, it fences itself when it resumes.
+                        self.lvb_death(p as usize);
+                    }
                     self.nodes[i].live &= !(1 << p);
                     let d = self.nodes[i].quorum.hb_down(p);
                     if self.quorum_verdict(i, d) {
                         return;
                     }
+                    self.lvb_master_scan(i, p);
+                    self.lvb_unheld(p);
                     self.nodes[i].dlm.handle_node_down(now, p);
                     self.pump(i);
                     self.break_conn(i as u8, p, false);
@@ -739,6 +816,11 @@ impl World {
                         }
                     }
                     self.ghosts.retain(|g| g.waiting != 0);
+                    for f in &mut self.fragile {
+                        if f.node == p {
+                            f.waiting &= !(1 << i);
+                        }
+                    }
                 }
                 HbEvent::WriteTimeout => {
                     self.fence(i);
@@ -972,6 +1054,14 @@ impl World {
                 self.next_token += 1;
                 let gen = self.conns[self.conn_ix(from, to)].gen;
                 let dom = msg_domain(msg_type, key, &payload);
+                if msg_type == DLM_BEGIN_RECO_MSG {
+                    // BEGIN_RECO runs §9.1 for a death not seen yet.
+                    if let Ok(DlmMessage::BeginReco(b)) = DlmMessage::decode(msg_type, &payload) {
+                        if (b.dead_node as usize) < self.n {
+                            self.lvb_master_scan(i, b.dead_node);
+                        }
+                    }
+                }
                 self.tokens
                     .insert((to, token), (from, id, msg_type, gen, dom));
                 let r = self.nodes[i].dlm.handle_request(
@@ -1047,7 +1137,27 @@ impl World {
                 self.on_event(i, e);
             }
             if !progress {
-                return;
+                break;
+            }
+        }
+        if !self.ghosts.is_empty() {
+            self.refresh_known(i);
+        }
+    }
+
+    /// Notes which crashed nodes node `m`'s DLM now knows to be dead.
+    fn refresh_known(&mut self, m: usize) {
+        for d in 0..self.nodes[m].doms.len().min(2) {
+            let Some(id) = self.dom_id(m, d as u8) else {
+                continue;
+            };
+            let Some(members) = self.nodes[m].dlm.domain_members(id) else {
+                continue;
+            };
+            for g in &mut self.ghosts {
+                if !members.contains(&g.node) {
+                    g.known[d] |= 1 << m;
+                }
             }
         }
     }
@@ -1078,7 +1188,15 @@ impl World {
             }
             FaultKind::Pause { node, ms } => {
                 let i = node as usize;
-                if self.nodes[i].run == Run::Up {
+                // No pause while another node starts up (see Restart).
+                let starting = self.nodes.iter().any(|nd| {
+                    nd.num != node
+                        && nd.run == Run::Up
+                        && nd.doms.iter().any(|d| !matches!(d, DomSt::Joined(_)))
+                });
+                if starting {
+                    self.tr(|| format!("pause of n{i} skipped: a node is starting"));
+                } else if self.nodes[i].run == Run::Up {
                     let until = self.now + u64::from(ms);
                     self.nodes[i].run = Run::Paused { until };
                     let inc = self.nodes[i].inc;
@@ -1139,7 +1257,27 @@ impl World {
                 }
                 if nd.live & (1 << y) != 0 {
                     let d = self.nodes[i].quorum.hb_still_up(y);
-                    self.quorum_verdict(i, d);
+                    if self.quorum_verdict(i, d) {
+                        return;
+                    }
+                }
+                // A lone broken connection between two nodes that both
+                // keep a majority (three nodes or more): o2quorum fences
+                // neither and o2net never reconnects them, so the cluster
+                // would stall for good (a kernel cluster too, until an
+                // operator acts). The simulated operator reboots the
+                // higher-numbered node, as the two-node quorum rule would.
+                let ci = self.conn_ix(x, y);
+                let (nx, ny) = (&self.nodes[i], &self.nodes[y as usize]);
+                let stuck = !self.conns[ci].up
+                    && self.conns[ci].persistent
+                    && ny.run != Run::Down
+                    && nx.live & (1 << y) != 0
+                    && ny.live & (1 << x) != 0;
+                if stuck {
+                    let v = x.max(y) as usize;
+                    self.tr(|| format!("n{x}-n{y} stay apart: operator reboots n{v}"));
+                    self.fence(v);
                 }
             }
             Agenda::Resume(node, inc) => {
@@ -1187,6 +1325,25 @@ impl World {
                 if self.nodes[i].inc != inc || self.nodes[i].run != Run::Down {
                     return;
                 }
+                // o2cb's blind spot: a node starting up counts as live only
+                // the peers it sees heartbeat, so a peer stopped during
+                // its first reads is missed and it forms the domain alone
+                // (split brain when the peer resumes without fencing; the
+                // kernel has the same race). Starts wait for pauses to end.
+                let paused_until = self
+                    .nodes
+                    .iter()
+                    .filter_map(|nd| match nd.run {
+                        Run::Paused { until } => Some(until),
+                        _ => None,
+                    })
+                    .max();
+                if let Some(u) = paused_until {
+                    self.tr(|| format!("n{i} restart waits for a paused node"));
+                    self.push_agenda(u + 1, Agenda::Restart(node, inc));
+                    self.drain_at = self.drain_at.max(u + 1_001);
+                    return;
+                }
                 self.tr(|| format!("n{i} restarts"));
                 let first = self.now + self.net_rng.below(PERIOD.as_millis() as u64);
                 let sched = self.sched.clone();
@@ -1200,6 +1357,7 @@ impl World {
     /// connections close; its grants count until it is declared dead.
     fn crash(&mut self, i: usize) {
         self.tr(|| format!("n{i} crashes"));
+        self.stats.deaths += 1;
         let holds: Vec<(u8, u8, Mode)> = self.nodes[i]
             .clients
             .iter()
@@ -1215,29 +1373,10 @@ impl World {
                 node: i as u8,
                 holds,
                 waiting,
+                known: [0; 2],
             });
         }
-        // An EX holder's death makes the LVB unknown.
-        let mut ex = Vec::new();
-        for (&lk, &o) in &self.nodes[i].by_lock {
-            let key = match o {
-                Owner::Cache(d, s) => (d, s),
-                Owner::Direct(c) => match self.nodes[i].clients[c as usize] {
-                    Client::Direct(
-                        DirectSt::Held { dom, name, .. }
-                        | DirectSt::Converting { dom, name, .. }
-                        | DirectSt::Creating { dom, name, .. },
-                    ) => (dom, name),
-                    _ => continue,
-                },
-            };
-            if self.nodes[i].dlm.lock_mode(LockId(lk)) == Some(Mode::Ex) {
-                ex.push(key);
-            }
-        }
-        for k in ex {
-            self.lvb.entry(k).or_default().invalid = true;
-        }
+        self.lvb_death(i);
         let names: Vec<(u8, u8)> = self.nodes[i].lock_names.values().copied().collect();
         self.nodes[i].run = Run::Down;
         self.nodes[i].live = 0;
@@ -1250,12 +1389,159 @@ impl World {
             g.waiting &= !(1 << i);
         }
         self.ghosts.retain(|g| g.waiting != 0);
+        for f in &mut self.fragile {
+            f.waiting &= !(1 << i);
+        }
         for k in names {
             self.check_unused(k);
         }
     }
 
     // ----- the checker ------------------------------------------------------
+
+    /// Node `i` dies (or is declared dead while paused): the LVBs it may
+    /// have changed, or only it could vouch for, become unknown.
+    fn lvb_death(&mut self, i: usize) {
+        let nd = &self.nodes[i];
+        let mut hit = Vec::new();
+        for (&lk, &key) in &nd.lock_names {
+            if nd.dlm.lock_mode(LockId(lk)) == Some(Mode::Ex) {
+                hit.push(key);
+            }
+        }
+        let mut mastered = Vec::new();
+        for d in 0..nd.doms.len() as u8 {
+            let Some(id) = self.dom_id(i, d) else {
+                continue;
+            };
+            for s in 0..self.sched.cfg.names.max(1) {
+                if nd.dlm.resource_owner(id, &lock_name(s)) == Some(nd.num) {
+                    mastered.push((d, s));
+                }
+            }
+        }
+        let waiting = (0..self.n)
+            .filter(|&j| {
+                j != i && self.nodes[j].run != Run::Down && self.nodes[j].live & (1 << i) != 0
+            })
+            .fold(0u16, |m, j| m | 1 << j);
+        hit.extend(mastered.iter().copied());
+        if !mastered.is_empty() {
+            self.fragile.push(Fragile {
+                node: i as u8,
+                waiting,
+                keys: mastered,
+            });
+        }
+        for k in hit {
+            // No survivor holds a granted lock on it: recovery has nothing
+            // to rebuild and the next master starts afresh (zero, unflagged)
+            // as after a purge.
+            let held = self.nodes.iter().enumerate().any(|(j, nd)| {
+                j != i
+                    && nd.run != Run::Down
+                    && nd
+                        .lock_names
+                        .iter()
+                        .any(|(&lk, &x)| x == k && nd.dlm.lock_mode(LockId(lk)).is_some())
+            });
+            let m = self.lvb.entry(k).or_default();
+            m.died = true;
+            m.purged |= !held;
+        }
+    }
+
+    /// At a verdict on dead node `p`: a resource it mastered on which no
+    /// survivor holds a granted lock any more has nothing to recover; the
+    /// next master starts it afresh (zero, unflagged), as after a purge.
+    fn lvb_unheld(&mut self, p: u8) {
+        let keys: Vec<(u8, u8)> = self
+            .fragile
+            .iter()
+            .filter(|f| f.node == p)
+            .flat_map(|f| f.keys.iter().copied())
+            .collect();
+        for k in keys {
+            let held = self.nodes.iter().any(|nd| {
+                nd.num != p
+                    && nd.run != Run::Down
+                    && nd
+                        .lock_names
+                        .iter()
+                        .any(|(&lk, &x)| x == k && nd.dlm.lock_mode(LockId(lk)).is_some())
+            });
+            if !held {
+                if let Some(m) = self.lvb.get_mut(&k) {
+                    m.purged = true;
+                }
+            }
+        }
+    }
+
+    /// Records an LVB write under EX.
+    fn lvb_written(&mut self, key: (u8, u8), v: u64) {
+        let pending = |node: u8| -> bool {
+            self.nodes.iter().any(|nd| {
+                nd.run == Run::Up
+                    && nd.doms.iter().any(|d| match d {
+                        DomSt::Joined(id) => nd.dlm.recovery_pending(*id).contains(&node),
+                        _ => false,
+                    })
+            })
+        };
+        let keep: Vec<bool> = self
+            .fragile
+            .iter()
+            .map(|f| f.waiting != 0 || pending(f.node))
+            .collect();
+        let mut k = keep.iter();
+        self.fragile.retain(|_| k.next().copied().unwrap_or(false));
+        // A write while its dead master is still being recovered may be
+        // lost, and its lock with it (zero, unflagged, as after a purge).
+        let lost = self.fragile.iter().any(|f| f.keys.contains(&key));
+        self.lvb.insert(
+            key,
+            LvbModel {
+                last: v,
+                purged: lost,
+                died: lost,
+            },
+        );
+    }
+
+    /// Node `i` is about to learn that node `dead` died (§9.1): on the
+    /// resources it masters, a granted or converting EX lock of the dead
+    /// node (possibly granted after it crashed, its AST never delivered)
+    /// makes the LVB zero (§9.6).
+    fn lvb_master_scan(&mut self, i: usize, dead: u8) {
+        let nd = &self.nodes[i];
+        let mut hit = Vec::new();
+        for d in 0..nd.doms.len() as u8 {
+            let Some(id) = self.dom_id(i, d) else {
+                continue;
+            };
+            if !nd.dlm.domain_members(id).is_some_and(|m| m.contains(&dead)) {
+                continue;
+            }
+            for s in 0..self.sched.cfg.names.max(1) {
+                let name = lock_name(s);
+                if nd.dlm.resource_owner(id, &name) != Some(nd.num) {
+                    continue;
+                }
+                let ex = nd.dlm.resource_locks(id, &name).is_some_and(|v| {
+                    v.iter().any(|&(q, node, _, m)| {
+                        node == dead && q != Queue::Blocked && m == Mode::Ex
+                    })
+                });
+                if ex {
+                    hit.push((d, s));
+                }
+            }
+        }
+        for k in hit {
+            self.lvb.entry(k).or_default().died = true;
+        }
+    }
 
     /// A lock of node `i` is gone.
     fn forget_lock(&mut self, i: usize, lock: LockId) {
@@ -1275,18 +1561,51 @@ impl World {
             .any(|nd| nd.lock_names.values().any(|x| *x == k));
         if !used {
             if let Some(m) = self.lvb.get_mut(&k) {
-                m.invalid = true;
+                m.purged = true;
             }
         }
     }
 
+    /// Whether the master that granted (`dom`, `name`) to node `i` has
+    /// learned that node `j` died: `j` is out of its domain map (§9.1 has
+    /// run there, by the heartbeat or by a BEGIN_RECO). The master is the
+    /// one node `i` knows; when that one is gone too, node `i` itself.
+    fn master_knows_dead(&self, i: usize, dom: u8, name: u8, j: usize) -> bool {
+        let knows = |m: usize| -> bool {
+            let ghost = self.ghosts.iter().any(|g| {
+                g.node as usize == j && g.known.get(dom as usize).is_some_and(|k| k & 1 << m != 0)
+            });
+            if ghost {
+                return true;
+            }
+            let Some(id) = self.dom_id(m, dom) else {
+                return false;
+            };
+            self.nodes[m]
+                .dlm
+                .domain_members(id)
+                .is_some_and(|v| !v.contains(&(j as u8)))
+        };
+        let master = self
+            .dom_id(i, dom)
+            .and_then(|id| self.nodes[i].dlm.resource_owner(id, &lock_name(name)))
+            .map(usize::from)
+            .filter(|&m| m < self.n && self.nodes[m].run != Run::Down)
+            .unwrap_or(i);
+        // A restarted node knows its former self is dead.
+        master == j || knows(master)
+    }
+
     /// Client `c` of node `i` now holds (`dom`, `name`) at `mode`: nobody
-    /// else may hold it incompatibly (paused nodes are checked when they
-    /// resume; dead ones count until declared dead).
+    /// else may hold it incompatibly. Holders on a paused or crashed node
+    /// count until the granting master has learned of that node's death
+    /// (a paused node that is not declared dead is checked again when it
+    /// resumes; one that is fences itself before it uses anything).
     fn check_grant(&mut self, i: usize, c: usize, dom: u8, name: u8, mode: Mode, what: &str) {
         self.stats.grants += 1;
+        let mut bad = None;
         for (j, nd) in self.nodes.iter().enumerate() {
-            if !nd.running() {
+            if nd.run == Run::Down {
                 continue;
             }
             for (k, cl) in nd.clients.iter().enumerate() {
@@ -1294,31 +1613,61 @@ impl World {
                     continue;
                 }
                 if let Some((d, s, m)) = cl.holding() {
-                    if (d, s) == (dom, name) && !m.compatible(mode) {
-                        let msg = format!(
+                    if (d, s) != (dom, name) || m.compatible(mode) {
+                        continue;
+                    }
+                    if nd.running() {
+                        bad = Some(format!(
                             "{what}: n{i} c{c} at {mode:?} on d{dom}/s{name} while n{j} c{k} holds {m:?}"
-                        );
-                        self.fail(FailKind::Conflict, msg);
-                        return;
+                        ));
+                    } else if !self.master_knows_dead(i, dom, name, j) {
+                        bad = Some(format!(
+                            "{what}: n{i} c{c} at {mode:?} on d{dom}/s{name} while paused n{j} c{k} (not known dead to the master) holds {m:?}"
+                        ));
+                    }
+                }
+                if bad.is_some() {
+                    break;
+                }
+            }
+            if bad.is_some() {
+                break;
+            }
+        }
+        if bad.is_none() {
+            'g: for g in &self.ghosts {
+                for &(d, s, m) in &g.holds {
+                    if (d, s) == (dom, name)
+                        && !m.compatible(mode)
+                        && !self.master_knows_dead(i, dom, name, g.node as usize)
+                    {
+                        bad = Some(format!(
+                            "{what}: n{i} c{c} at {mode:?} on d{dom}/s{name} while crashed n{} (not known dead to the master) held {m:?}",
+                            g.node
+                        ));
+                        break 'g;
                     }
                 }
             }
         }
-        for g in &self.ghosts {
-            for &(d, s, m) in &g.holds {
-                if (d, s) == (dom, name) && !m.compatible(mode) {
-                    let msg = format!(
-                        "{what}: n{i} c{c} at {mode:?} on d{dom}/s{name} while crashed n{} (not yet declared dead) held {m:?}",
-                        g.node
-                    );
-                    self.fail(FailKind::Conflict, msg);
-                    return;
-                }
-            }
+        if let Some(msg) = bad {
+            self.fail(FailKind::Conflict, msg);
         }
     }
 
-    fn check_lvb_read(&mut self, i: usize, c: usize, dom: u8, name: u8, l: &Lvb) {
+    /// Checks an LVB read by client `c` of node `i`; `lock` is the
+    /// client's own `Dlm` lock (direct clients), whose invalid flag a
+    /// zero read must carry when the resource is mastered on node `i` and
+    /// only a death (not a purge) explains the zero.
+    fn check_lvb_read(
+        &mut self,
+        i: usize,
+        c: usize,
+        dom: u8,
+        name: u8,
+        l: &Lvb,
+        lock: Option<LockId>,
+    ) {
         self.stats.lvb_reads += 1;
         let model = self.lvb.get(&(dom, name)).copied().unwrap_or_default();
         match lvb_value(l) {
@@ -1326,13 +1675,34 @@ impl World {
                 FailKind::Lvb,
                 format!("n{i} c{c} read a torn LVB on d{dom}/s{name}"),
             ),
-            Some(v) if v == model.last || (model.invalid && v == 0) => {}
+            Some(v) if v == model.last => {}
+            Some(0) if model.invalid() => {
+                self.stats.lvb_invalid_reads += 1;
+                let Some(lock) = lock else { return };
+                let local_master = self
+                    .dom_id(i, dom)
+                    .and_then(|id| self.nodes[i].dlm.resource_owner(id, &lock_name(name)))
+                    == Some(i as u8);
+                if model.died
+                    && !model.purged
+                    && local_master
+                    && !self.nodes[i].dlm.lock_lvb_invalid(lock)
+                {
+                    self.fail(
+                        FailKind::Lvb,
+                        format!(
+                            "n{i} c{c} read a zero LVB on d{dom}/s{name} (last written {}, lost by a death) from its local master without the invalid flag",
+                            model.last
+                        ),
+                    );
+                }
+            }
             Some(v) => self.fail(
                 FailKind::Lvb,
                 format!(
                     "n{i} c{c} read LVB {v} on d{dom}/s{name}; last written under EX: {}{}",
                     model.last,
-                    if model.invalid { " (or zero)" } else { "" }
+                    if model.invalid() { " (or zero)" } else { "" }
                 ),
             ),
         }
@@ -1414,13 +1784,7 @@ impl World {
                 if let Some(e) = self.nodes[i].names.get_mut(&(dom, name)) {
                     e.cache.write_lvb(&lvb_of(v));
                 }
-                self.lvb.insert(
-                    (dom, name),
-                    LvbModel {
-                        last: v,
-                        invalid: false,
-                    },
-                );
+                self.lvb_written((dom, name), v);
             }
             (
                 Client::Cache {
@@ -1434,7 +1798,7 @@ impl World {
                     .get(&(dom, name))
                     .map(|e| *e.cache.lvb())
                     .unwrap_or([0; 64]);
-                self.check_lvb_read(i, c, dom, name, &l);
+                self.check_lvb_read(i, c, dom, name, &l, None);
             }
             (
                 Client::Direct(DirectSt::Idle),
@@ -1527,13 +1891,7 @@ impl World {
                 let v = self.next_lvb;
                 self.next_lvb += 1;
                 if self.nodes[i].dlm.set_lvb(lock, &lvb_of(v)).is_ok() {
-                    self.lvb.insert(
-                        (dom, name),
-                        LvbModel {
-                            last: v,
-                            invalid: false,
-                        },
-                    );
+                    self.lvb_written((dom, name), v);
                 }
             }
             (
@@ -1546,7 +1904,7 @@ impl World {
                 Act::ReadLvb,
             ) if mode >= Mode::Pr => {
                 let l = self.nodes[i].dlm.lock_lvb(lock).unwrap_or([0; 64]);
-                self.check_lvb_read(i, c, dom, name, &l);
+                self.check_lvb_read(i, c, dom, name, &l, Some(lock));
             }
             _ => self.stats.ops_applied -= 1,
         }
@@ -1836,6 +2194,23 @@ impl World {
 
     fn on_event(&mut self, i: usize, e: Event) {
         self.tr(|| format!("n{i} event {e:?}"));
+        if let Event::Ast {
+            lock,
+            mode: Mode::Ex,
+            lvb: Some(l),
+        } = &e
+        {
+            // An EX holder that got a zero LVB after a death writes it back
+            // when it lets go (the engine's cache always does): from then
+            // on the zero no longer carries the invalid flag.
+            if *l == [0u8; 64] {
+                if let Some(k) = self.nodes[i].lock_names.get(&lock.0).copied() {
+                    if let Some(m) = self.lvb.get_mut(&k) {
+                        m.purged |= m.died;
+                    }
+                }
+            }
+        }
         let lock = match &e {
             Event::JoinDone { domain, result } => {
                 for d in 0..self.nodes[i].doms.len() {

@@ -86,7 +86,22 @@ pub struct Client {
 impl Client {
     /// Starts node `n` of `c` as a client of `domain`; it joins at once.
     pub fn spawn(c: &Cluster, n: u8, domain: &str) -> Client {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_o2dlm"));
+        Client::start(format!("n{n}"), Client::command(c, n, domain, &[]))
+    }
+
+    /// The command `spawn` runs, for callers that adjust it (more
+    /// environment) before `start`. A non-empty `wrap` is a program and
+    /// arguments that run the client (e.g. `ip netns exec NS`).
+    pub fn command(c: &Cluster, n: u8, domain: &str, wrap: &[&str]) -> Command {
+        let bin = env!("CARGO_BIN_EXE_o2dlm");
+        let mut cmd = match wrap.split_first() {
+            Some((prog, args)) => {
+                let mut cmd = Command::new(prog);
+                cmd.args(args).arg(bin);
+                cmd
+            }
+            None => Command::new(bin),
+        };
         cmd.arg("client")
             .arg(domain)
             .env_remove("O2CB_BOOTCLUSTER")
@@ -107,13 +122,18 @@ impl Client {
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
+        cmd
+    }
+
+    /// Runs a command made by `command` as the client called `name`.
+    pub fn start(name: String, mut cmd: Command) -> Client {
         let mut child = cmd.spawn().expect("spawn o2dlm client");
         let out: Lines = Arc::default();
         let err: Lines = Arc::default();
         collect(child.stdout.take().unwrap(), out.clone());
         collect(child.stderr.take().unwrap(), err.clone());
         Client {
-            name: format!("n{n}"),
+            name,
             stdin: child.stdin.take(),
             child,
             out,
@@ -207,6 +227,43 @@ impl Client {
             self.dump()
         );
         l
+    }
+
+    /// The exit status, waiting up to `limit` (stdin stays open), or None
+    /// while the process still runs.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<ExitStatus> {
+        let end = Instant::now() + limit;
+        loop {
+            if let Ok(Some(st)) = self.child.try_wait() {
+                // Let the reader threads take the last lines.
+                std::thread::sleep(Duration::from_millis(50));
+                return Some(st);
+            }
+            if Instant::now() >= end {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// First stderr line containing every one of `pats`, waiting up to `limit`.
+    pub fn wait_stderr(&self, pats: &[&str], limit: Duration) -> Option<String> {
+        let end = Instant::now() + limit;
+        let (m, cv) = &*self.err;
+        let mut lines = m.lock().unwrap();
+        loop {
+            if let Some((_, l)) = lines
+                .iter()
+                .find(|(_, l)| pats.iter().all(|p| l.contains(p)))
+            {
+                return Some(l.clone());
+            }
+            let now = Instant::now();
+            if now >= end {
+                return None;
+            }
+            lines = cv.wait_timeout(lines, end - now).unwrap().0;
+        }
     }
 
     /// True when a result line beyond the consumed ones has arrived.

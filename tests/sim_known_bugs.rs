@@ -1,0 +1,151 @@
+//! DLM bugs found by the cluster simulator, each kept as the shrunk
+//! schedule that replays it exactly. The `fixed_*` tests assert the
+//! correct outcome and are ignored until the DLM is fixed (run them with
+//! `cargo test --test sim_known_bugs -- --ignored`); `still_reproduce`
+//! checks that every schedule still fails the way it was reported, so a
+//! fix (or a simulator change) that makes one pass is noticed: then remove
+//! its `#[ignore]`.
+//!
+//! Replay any of them with the trace: save the text to a file and run
+//! `o2dlm simulate --file FILE --trace`.
+
+use o2dlm::sim::{self, FailKind, Schedule};
+
+/// Bug 1a: a mastery in progress when a node dies concludes while the
+/// death is still being recovered (§9.4: new masteries wait until the
+/// recovery map is empty). n1 masters s1 and holds EX; n2's EX request is
+/// queued at n1. n1 stops and is declared dead; n0, whose MASTER_REQUEST
+/// to n1 failed, masters s1 itself right after its own §9.1 cleanup and
+/// before the recovery starts (it asserts to n2, which still names n1 as
+/// the owner). n2's queued request is then not recovered (its copy of s1
+/// is owned by n0, not by the dead node) and is never granted.
+const MASTERY_DURING_RECOVERY_LOST_REQUEST: &str = "\
+o2dlm-sim seed=0x3d nodes=3 domains=1 names=3 cache_clients=2 direct_clients=1 faults=delays,links,pauses,crashes
+12561 op n1 c2 lock d0 s1 ex
+12728 op n2 c2 lock d0 s1 ex
+12987 fault pause n1 10092ms
+16656 op n0 c0 lock d0 s1 ex try
+";
+
+/// Bug 1b: same cause, two masters. n1 masters s0 (EX held, n0's EX
+/// queued). n2 starts mastering s0 while n1 is stopped; its request to n1
+/// fails. n0 declares n1 dead and becomes recovery master; its BEGIN_RECO
+/// runs §9.1 on n2, whose mastery then concludes at once (n2 masters s0,
+/// grants itself PR) while n0 recovers s0 from its own queued lock and
+/// grants itself EX.
+const MASTERY_DURING_RECOVERY_TWO_MASTERS: &str = "\
+o2dlm-sim seed=0x121 nodes=3 domains=1 names=3 cache_clients=2 direct_clients=1 faults=delays,links,pauses,crashes
+12153 op n1 c1 lock d0 s0 ex
+14208 op n0 c0 lock d0 s0 ex
+16912 fault pause n1 6217ms
+17780 op n2 c0 lock d0 s0 pr
+";
+
+/// Bug 1c: votes taken before a death are kept after it. n2 masters s0
+/// (n2 and n3 hold PR). n2 crashes; n0 asks for EX: n1 answers NO, the
+/// request to n2 fails and n0 waits. Recovery makes n1 the master of s0
+/// (from n3's PR record). n0's mastery then goes on (asks n3: NO) and
+/// counts n1's NO from before the death: it concludes that nobody masters
+/// s0, masters it and grants itself EX while n3 holds PR under n1. The
+/// kernel restarts the vote after a node-map change (response and maybe
+/// maps reset) once recovery is over.
+const MASTERY_STALE_VOTES_AFTER_DEATH: &str = "\
+o2dlm-sim seed=0x129b nodes=4 domains=1 names=3 cache_clients=2 direct_clients=1 faults=delays,links,pauses,crashes
+12563 op n1 c1 lock d0 s2 pr
+13684 op n3 c2 lock d0 s0 pr
+13713 op n2 c2 lock d0 s0 pr
+15166 fault crash n2 11249ms
+16762 op n0 c1 lock d0 s0 ex try
+";
+
+/// Bug 2: the recovery master gives up a recovery it is finalizing. n0
+/// (paused) and n5 (crashed) die together in an 8-node cluster. n1
+/// recovers n0 and sends FINALIZE_RECO to the members one at a time; n2,
+/// finalized first, ends recovery of n0, wins `$RECOVERY` for n5 and sends
+/// BEGIN_RECO to n1, which accepts it ("node 2 replaces 1 as recovery
+/// master") in the middle of its own finalize. n4, n6 and n7 never get
+/// stage 2 and stay in the recovery of n0; n2's recovery of n5 retries
+/// their LOCK_REQUEST answers for ever; no one can join again. The
+/// kernel's master sets the FINALIZE state while it sends the finalize
+/// messages, so its BEGIN_RECO handler answers -EAGAIN; the engine
+/// refuses only when finalizing as a participant (`reco.finalizing`),
+/// not in its own `RecoPhase::Finalize`.
+const MASTER_FINALIZING_ACCEPTS_BEGIN_RECO: &str = "\
+o2dlm-sim seed=0x2c nodes=8 domains=1 names=3 cache_clients=2 direct_clients=1 faults=delays,links,pauses,crashes
+16678 fault crash n5 14661ms
+16761 fault pause n0 9812ms
+";
+
+const KNOWN: [(&str, &str, FailKind); 4] = [
+    (
+        "recovery master finalizing accepts BEGIN_RECO",
+        MASTER_FINALIZING_ACCEPTS_BEGIN_RECO,
+        FailKind::Liveness,
+    ),
+    (
+        "mastery during recovery: lost request",
+        MASTERY_DURING_RECOVERY_LOST_REQUEST,
+        FailKind::Liveness,
+    ),
+    (
+        "mastery during recovery: two masters",
+        MASTERY_DURING_RECOVERY_TWO_MASTERS,
+        FailKind::Conflict,
+    ),
+    (
+        "stale votes after a death",
+        MASTERY_STALE_VOTES_AFTER_DEATH,
+        FailKind::Conflict,
+    ),
+];
+
+fn replay(text: &str) -> Result<sim::Stats, sim::Failure> {
+    let s = Schedule::from_text(text).expect("schedule text");
+    let a = sim::run_schedule(&s);
+    // Exact replay: the same outcome every time.
+    assert_eq!(sim::run_schedule(&s), a);
+    a
+}
+
+#[test]
+fn still_reproduce() {
+    for (what, text, kind) in KNOWN {
+        match replay(text) {
+            Err(f) => assert_eq!(f.kind, kind, "{what}: {f}"),
+            Ok(st) => panic!(
+                "{what}: passes now ({} grants): the bug looks fixed; un-ignore its fixed_* test",
+                st.grants
+            ),
+        }
+    }
+}
+
+fn must_pass(text: &str) {
+    if let Err(f) = replay(text) {
+        panic!("{f}\n{text}");
+    }
+}
+
+#[test]
+#[ignore = "DLM bug 1a: mastery concludes during recovery"]
+fn fixed_mastery_during_recovery_lost_request() {
+    must_pass(MASTERY_DURING_RECOVERY_LOST_REQUEST);
+}
+
+#[test]
+#[ignore = "DLM bug 1b: mastery concludes during recovery"]
+fn fixed_mastery_during_recovery_two_masters() {
+    must_pass(MASTERY_DURING_RECOVERY_TWO_MASTERS);
+}
+
+#[test]
+#[ignore = "DLM bug 1c: votes from before a death are kept"]
+fn fixed_mastery_stale_votes_after_death() {
+    must_pass(MASTERY_STALE_VOTES_AFTER_DEATH);
+}
+
+#[test]
+#[ignore = "DLM bug 2: the recovery master accepts BEGIN_RECO while finalizing"]
+fn fixed_master_finalizing_refuses_begin_reco() {
+    must_pass(MASTER_FINALIZING_ACCEPTS_BEGIN_RECO);
+}
