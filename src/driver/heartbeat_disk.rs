@@ -15,6 +15,7 @@ use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::fs::{FileExt, FileTypeExt, OpenOptionsExt};
 use std::os::unix::io::AsRawFd;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -236,7 +237,41 @@ enum Stop {
 }
 
 /// A running heartbeat.
+/// Lets any thread ask "has our heartbeat been good recently?" without
+/// waiting for the heartbeat thread: after a stall (SIGSTOP, a frozen VM)
+/// the API may run before that thread notices its own write timeout.
+#[derive(Debug, Clone)]
+pub struct WriteWatch {
+    base: Instant,
+    /// Milliseconds after `base` of the last good write of our block.
+    last_good_ms: Arc<AtomicU64>,
+    timeout: Duration,
+}
+
+impl WriteWatch {
+    fn new(timeout: Duration) -> WriteWatch {
+        WriteWatch {
+            base: Instant::now(),
+            last_good_ms: Arc::new(AtomicU64::new(0)),
+            timeout,
+        }
+    }
+
+    fn note_good_write(&self, at: Instant) {
+        let ms = at.saturating_duration_since(self.base).as_millis() as u64;
+        self.last_good_ms.store(ms, Ordering::Release);
+    }
+
+    /// True when our last good write is older than the write timeout, so
+    /// the other nodes may already have declared us dead.
+    pub fn expired(&self, now: Instant) -> bool {
+        let last = self.base + Duration::from_millis(self.last_good_ms.load(Ordering::Acquire));
+        now.saturating_duration_since(last) > self.timeout
+    }
+}
+
 pub struct HeartbeatDriver {
+    watch: WriteWatch,
     stop_tx: Option<mpsc::Sender<Stop>>,
     thread: Option<JoinHandle<()>>,
     live: Arc<Mutex<Vec<u8>>>,
@@ -270,6 +305,7 @@ impl HeartbeatDriver {
                 cfg.heartbeat.blocks
             )));
         }
+        let watch = WriteWatch::new(params.max_write_timeout);
         let hb = Heartbeat::new(params).map_err(bad_input)?;
         let region = RegionFile::open(&cfg.heartbeat, true)?;
         log::info!(
@@ -286,6 +322,7 @@ impl HeartbeatDriver {
         let (ready_tx, ready_rx) = mpsc::sync_channel::<io::Result<()>>(1);
         let live = Arc::new(Mutex::new(Vec::new()));
         let live2 = live.clone();
+        let watch2 = watch.clone();
         let thread = std::thread::Builder::new()
             .name(format!("o2hb-{local}"))
             .spawn(move || {
@@ -295,6 +332,7 @@ impl HeartbeatDriver {
                     slots,
                     on_event,
                     live: live2,
+                    watch: watch2,
                 };
                 match w.watch_own_slot(&opts, &stop_rx) {
                     Ok(true) => {}
@@ -319,6 +357,7 @@ impl HeartbeatDriver {
             })?;
         match ready_rx.recv() {
             Ok(Ok(())) => Ok(HeartbeatDriver {
+                watch,
                 stop_tx: Some(stop_tx),
                 thread: Some(thread),
                 live,
@@ -334,6 +373,11 @@ impl HeartbeatDriver {
                 Err(io::Error::other("heartbeat thread died during start-up"))
             }
         }
+    }
+
+    /// A handle to check from any thread whether our writes are current.
+    pub fn write_watch(&self) -> WriteWatch {
+        self.watch.clone()
     }
 
     /// Nodes live in our view (ours included once we have written twice).
@@ -383,6 +427,7 @@ struct Worker {
     slots: usize,
     on_event: Box<dyn Fn(HbEvent) + Send>,
     live: Arc<Mutex<Vec<u8>>>,
+    watch: WriteWatch,
 }
 
 impl Worker {
@@ -461,6 +506,9 @@ impl Worker {
         }
         let done = Instant::now();
         self.hb.handle_write_done(res.is_ok(), done);
+        if res.is_ok() && self.hb.own_slot_ok() {
+            self.watch.note_good_write(done);
+        }
         self.hb.handle_timeout(done);
         if self.deliver() {
             return Ok(false);

@@ -152,6 +152,11 @@ impl Node {
         self.net.as_ref().map(NetDriver::handle)
     }
 
+    /// See [`WriteWatch`]: whether our heartbeat writes are current.
+    pub fn write_watch(&self) -> Option<super::heartbeat_disk::WriteWatch> {
+        self.hb.as_ref().map(|h| h.write_watch())
+    }
+
     /// Nodes live in our heartbeat view.
     pub fn live_nodes(&self) -> Vec<u8> {
         self.hb.as_ref().map(|h| h.live_nodes()).unwrap_or_default()
