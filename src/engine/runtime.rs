@@ -1012,9 +1012,8 @@ impl NetApp for NetSide {
         }
         let rt = self.rt.clone();
         let mut core = rt.core();
-        if core.dlm.poll_timeout().is_some_and(|t| t <= now) {
-            core.dlm.handle_timeout(now);
-        }
+        // Every turn, as the DLM expects (it checks its own deadlines).
+        core.dlm.handle_timeout(now);
         core.start_settled_joins(now, net);
         self.pump(&mut core, net, now);
     }
