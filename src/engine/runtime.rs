@@ -20,6 +20,7 @@ use super::fastmap::{FastMap, NameKey};
 use crate::config::EngineConfig;
 use crate::dlm::cache::{CacheAction, ClusterOp, HolderId, LocalLock};
 use crate::dlm::{self, Dlm, DlmConfig, DomainId, Event, LockFlags, Mode, UnlockFlags};
+use crate::driver::heartbeat_disk::WriteWatch;
 use crate::driver::net_io::{NetApp, NetHandle};
 use crate::driver::node::{Node, NodeEvent};
 use crate::error::{Error, Result};
@@ -142,6 +143,8 @@ pub(crate) struct Runtime {
     core: Mutex<Core>,
     /// To wake the o2net thread; set once the node runs.
     net: OnceLock<NetHandle>,
+    /// Whether our heartbeat writes are current; set once the node runs.
+    watch: OnceLock<WriteWatch>,
     /// Keeps the drivers alive; taken at process exit for a clean stop, or
     /// when this node fences itself.
     node: Mutex<Option<Node>>,
@@ -182,6 +185,7 @@ impl Runtime {
                 armed: None,
             }),
             net: OnceLock::new(),
+            watch: OnceLock::new(),
             node: Mutex::new(None),
         });
         let hb_rt = rt.clone();
@@ -210,6 +214,9 @@ impl Runtime {
         // The settle time counts from when our heartbeat is being written.
         rt.core().started = Instant::now();
         let _ = rt.net.set(net);
+        if let Some(w) = node.write_watch() {
+            let _ = rt.watch.set(w);
+        }
         *rt.node.lock().unwrap_or_else(|p| p.into_inner()) = Some(node);
         Ok(rt)
     }
@@ -238,18 +245,25 @@ impl Runtime {
         }
     }
 
-    fn refuse_if_fenced() -> Result<()> {
+    /// Fails every call once fenced, and fences first when our heartbeat
+    /// writes are older than the write timeout: after a stall (SIGSTOP, a
+    /// frozen machine) this thread may run before the heartbeat thread
+    /// notices, and the other nodes may already have taken our locks.
+    fn refuse_if_fenced(&self) -> Result<()> {
         if FENCED.load(Ordering::Acquire) {
-            Err(Error::ServiceUnavailable)
-        } else {
-            Ok(())
+            return Err(Error::ServiceUnavailable);
         }
+        if self.watch.get().is_some_and(|w| w.expired(Instant::now())) {
+            self.fence(&NodeEvent::Heartbeat(HbEvent::WriteTimeout));
+            return Err(Error::ServiceUnavailable);
+        }
+        Ok(())
     }
 
     /// Joins `domain` (or takes one more reference on it); returns the
     /// process-local domain index names are keyed by.
     pub(crate) fn join(&self, domain: &[u8]) -> Result<u32> {
-        Self::refuse_if_fenced()?;
+        self.refuse_if_fenced()?;
         let w = Waiter::new();
         let idx = {
             let mut core = self.core();
@@ -273,7 +287,7 @@ impl Runtime {
 
     /// Drops a context's reference on the domain; the last one leaves.
     pub(crate) fn leave(&self, dom: u32) -> Result<()> {
-        Self::refuse_if_fenced()?;
+        self.refuse_if_fenced()?;
         let w = Waiter::new();
         {
             let mut core = self.core();
@@ -344,7 +358,7 @@ impl Runtime {
         trylock: bool,
         bast: Option<Arc<BastSignal>>,
     ) -> Result<HolderId> {
-        Self::refuse_if_fenced()?;
+        self.refuse_if_fenced()?;
         let mut core = self.core();
         if !core.domain_ready(key.dom()) {
             return Err(Error::Locking);
@@ -373,7 +387,7 @@ impl Runtime {
     /// The local holder lets go; the cluster lock stays cached unless
     /// another node waits for it.
     pub(crate) fn unlock(&self, key: &NameKey, holder: HolderId, had_bast: bool) -> Result<()> {
-        Self::refuse_if_fenced()?;
+        self.refuse_if_fenced()?;
         let mut core = self.core();
         if had_bast {
             core.basts.remove(&holder);
@@ -392,7 +406,7 @@ impl Runtime {
     }
 
     pub(crate) fn read_lvb(&self, key: &NameKey) -> Result<[u8; 64]> {
-        Self::refuse_if_fenced()?;
+        self.refuse_if_fenced()?;
         Ok(self
             .core()
             .names
@@ -402,36 +416,31 @@ impl Runtime {
     }
 
     pub(crate) fn write_lvb(&self, key: &NameKey, data: &[u8]) -> Result<()> {
-        Self::refuse_if_fenced()?;
+        self.refuse_if_fenced()?;
         if let Some(e) = self.core().names.get_mut(key) {
             e.cache.write_lvb(data);
         }
         Ok(())
     }
 
-    /// Gives up the cached cluster lock of an unused name.
+    /// Gives up the cached cluster lock of an unused name, waiting for a
+    /// request in flight and for the release to complete, as a dlmfs
+    /// unlink does.
     pub(crate) fn drop_name(&self, key: &NameKey) -> Result<()> {
-        Self::refuse_if_fenced()?;
+        self.refuse_if_fenced()?;
         let mut core = self.core();
-        let (op, idle_unlocked) = match core.names.get_mut(key) {
-            None => return Ok(()),
-            Some(e) if e.cache.holders().next().is_some() => return Err(Error::BusyLock),
-            Some(e) => (e.cache.release_cluster(), e.lock.is_none()),
+        let Some(e) = core.names.get_mut(key) else {
+            return Ok(());
         };
+        if e.cache.holders().next().is_some() {
+            return Err(Error::BusyLock);
+        }
+        let w = Waiter::new();
+        e.drop_waiters.push(w.clone());
         let now = Instant::now();
-        let r = match op {
-            Some(op) => {
-                core.cluster_op(now, key, op);
-                Ok(())
-            }
-            None if idle_unlocked => {
-                core.names.remove(key);
-                Ok(())
-            }
-            None => Err(Error::BusyLock),
-        };
+        core.progress_drop(now, key);
         self.settle(core, now);
-        r
+        w.wait()
     }
 
     /// Heartbeat events, on the heartbeat thread.
@@ -474,6 +483,11 @@ struct DomainEntry {
 struct NameEntry {
     cache: LocalLock,
     lock: Option<dlm::LockId>,
+    /// `o2dlm_drop_lock` calls waiting for the cluster lock to be gone
+    /// (as a dlmfs unlink waits for its unlock to complete).
+    drop_waiters: Vec<Arc<Waiter>>,
+    /// The release for those waiters was issued.
+    drop_issued: bool,
 }
 
 impl NameEntry {
@@ -481,6 +495,8 @@ impl NameEntry {
         NameEntry {
             cache: LocalLock::new(),
             lock: None,
+            drop_waiters: Vec::new(),
+            drop_issued: false,
         }
     }
 }
@@ -708,6 +724,45 @@ impl Core {
                     }
                 }
                 CacheAction::Cluster(op) => self.cluster_op(now, key, op),
+            }
+        }
+        self.progress_drop(now, key);
+    }
+
+    /// Moves pending drops of `key` along: once no request is in flight,
+    /// release the cached cluster lock; answer when it is gone, or with
+    /// BUSY_LOCK when a local holder took the name meanwhile.
+    fn progress_drop(&mut self, now: Instant, key: &NameKey) {
+        let Some(e) = self.names.get_mut(key) else {
+            return;
+        };
+        if e.drop_waiters.is_empty() {
+            return;
+        }
+        let outcome = if e.cache.holders().next().is_some() {
+            Some(Err(Error::BusyLock))
+        } else if e.lock.is_none() && e.cache.is_idle() {
+            Some(Ok(()))
+        } else if e.cache.is_idle() && e.drop_issued {
+            // The release was refused.
+            Some(Err(Error::BusyLock))
+        } else {
+            None
+        };
+        if let Some(r) = outcome {
+            for w in std::mem::take(&mut e.drop_waiters) {
+                w.finish(r);
+            }
+            e.drop_issued = false;
+            if r.is_ok() {
+                self.names.remove(key);
+            }
+            return;
+        }
+        if !e.drop_issued && e.cache.is_idle() {
+            if let Some(op) = e.cache.release_cluster() {
+                e.drop_issued = true;
+                self.cluster_op(now, key, op);
             }
         }
     }
