@@ -1,7 +1,7 @@
-//! KNOWN ENGINE BUGS, as failing tests (kept apart from engine_cluster.rs
-//! so that file stays green). Each test says what goes wrong and where.
-//! (A killed node that restarts could not rejoin until the recovery merge;
-//! that case now passes and lives in engine_cluster.rs.)
+//! Regression tests for engine bugs these multi-process tests found (each
+//! test says what went wrong and where); all are fixed. (A killed node that
+//! restarts could not rejoin until recovery landed; that case lives in
+//! engine_cluster.rs.)
 
 mod engine_support;
 
