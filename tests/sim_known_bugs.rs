@@ -76,7 +76,33 @@ o2dlm-sim seed=0x2c nodes=8 domains=1 names=3 cache_clients=2 direct_clients=1 f
 16761 fault pause n0 9812ms
 ";
 
-const KNOWN: [(&str, &str, FailKind); 4] = [
+/// Bug 3: a lock whose UNLOCK is in flight to a dead master survives
+/// recovery as a granted lock. n2 masters s0; n0 holds PR (direct) and
+/// has an EX queued (cache). n2 stops; n0 unlocks its PR: the UNLOCK sits
+/// on the (still open) connection to the stopped n2. n1 declares n2 dead
+/// first and recovers; its BEGIN_RECO runs §9.1 on n0, which sends its
+/// PR lock as granted in its recovery data. Only when n0's own heartbeat
+/// declares n2 dead does the UNLOCK fail and n0 completes it locally
+/// (Unlocked event), without telling the new master n1, which keeps n0's
+/// PR granted for ever: n0's own EX never comes. The kernel commits a
+/// pending unlock during §9.1 (before any recovery data is sent), so the
+/// lock is not part of the data.
+const UNLOCK_IN_FLIGHT_SURVIVES_RECOVERY: &str = "\
+o2dlm-sim seed=0x503a nodes=3 domains=1 names=3 cache_clients=2 direct_clients=1 faults=delays,links,pauses,crashes
+12967 op n2 c1 lock d0 s0 ex
+13301 op n2 c1 unlock
+13302 op n0 c2 lock d0 s0 pr
+14432 op n0 c0 lock d0 s0 ex
+16259 fault pause n2 8968ms
+16308 op n0 c2 unlock
+";
+
+const KNOWN: [(&str, &str, FailKind); 5] = [
+    (
+        "unlock in flight to a dead master survives recovery",
+        UNLOCK_IN_FLIGHT_SURVIVES_RECOVERY,
+        FailKind::Liveness,
+    ),
     (
         "recovery master finalizing accepts BEGIN_RECO",
         MASTER_FINALIZING_ACCEPTS_BEGIN_RECO,
@@ -148,4 +174,10 @@ fn fixed_mastery_stale_votes_after_death() {
 #[ignore = "DLM bug 2: the recovery master accepts BEGIN_RECO while finalizing"]
 fn fixed_master_finalizing_refuses_begin_reco() {
     must_pass(MASTER_FINALIZING_ACCEPTS_BEGIN_RECO);
+}
+
+#[test]
+#[ignore = "DLM bug 3: a lock whose UNLOCK is in flight to a dead master survives recovery"]
+fn fixed_unlock_in_flight_does_not_survive_recovery() {
+    must_pass(UNLOCK_IN_FLIGHT_SURVIVES_RECOVERY);
 }
