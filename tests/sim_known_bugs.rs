@@ -97,7 +97,30 @@ o2dlm-sim seed=0x503a nodes=3 domains=1 names=3 cache_clients=2 direct_clients=1
 16308 op n0 c2 unlock
 ";
 
-const KNOWN: [(&str, &str, FailKind); 5] = [
+/// Bug 4: a lock request sent to a master that then dies is never
+/// retried. n3 masters s2 (EX held) and stops; n2 asks for EX (NOQUEUE):
+/// its CREATE_LOCK waits on the open connection to the stopped n3 and
+/// fails when n3 is fenced and the connections close. n0 declares n3 dead
+/// and recovers (n2's §9.1 runs from BEGIN_RECO; it has no lock data for
+/// s2, as a pending request is not recovered). After recovery n2 never
+/// sends its request to the new master: its client waits for ever. The
+/// kernel's dlmlock retries a request that failed with RECOVERING or
+/// NOLOCKMGR once recovery is over.
+const REQUEST_TO_DEAD_MASTER_NOT_RETRIED: &str = "\
+o2dlm-sim seed=0xb89 nodes=4 domains=1 names=3 cache_clients=2 direct_clients=1 faults=delays,links,pauses,crashes
+13077 op n3 c0 lock d0 s2 ex
+13078 op n1 c1 lock d0 s0 ex try
+13280 op n0 c1 lock d0 s2 nl
+13426 fault pause n3 6655ms
+18140 op n2 c0 lock d0 s2 ex try
+";
+
+const KNOWN: [(&str, &str, FailKind); 6] = [
+    (
+        "request to a dead master not retried",
+        REQUEST_TO_DEAD_MASTER_NOT_RETRIED,
+        FailKind::Liveness,
+    ),
     (
         "unlock in flight to a dead master survives recovery",
         UNLOCK_IN_FLIGHT_SURVIVES_RECOVERY,
@@ -180,4 +203,10 @@ fn fixed_master_finalizing_refuses_begin_reco() {
 #[ignore = "DLM bug 3: a lock whose UNLOCK is in flight to a dead master survives recovery"]
 fn fixed_unlock_in_flight_does_not_survive_recovery() {
     must_pass(UNLOCK_IN_FLIGHT_SURVIVES_RECOVERY);
+}
+
+#[test]
+#[ignore = "DLM bug 4: a request to a master that dies is not retried after recovery"]
+fn fixed_request_to_dead_master_is_retried() {
+    must_pass(REQUEST_TO_DEAD_MASTER_NOT_RETRIED);
 }
