@@ -76,7 +76,81 @@ o2dlm-sim seed=0x2c nodes=8 domains=1 names=3 cache_clients=2 direct_clients=1 f
 16761 fault pause n0 9812ms
 ";
 
-const KNOWN: [(&str, &str, FailKind); 4] = [
+/// Bug 3: a lock whose UNLOCK is in flight to a dead master survives
+/// recovery as a granted lock. n2 masters s0; n0 holds PR (direct) and
+/// has an EX queued (cache). n2 stops; n0 unlocks its PR: the UNLOCK sits
+/// on the (still open) connection to the stopped n2. n1 declares n2 dead
+/// first and recovers; its BEGIN_RECO runs §9.1 on n0, which sends its
+/// PR lock as granted in its recovery data. Only when n0's own heartbeat
+/// declares n2 dead does the UNLOCK fail and n0 completes it locally
+/// (Unlocked event), without telling the new master n1, which keeps n0's
+/// PR granted for ever: n0's own EX never comes. The kernel commits a
+/// pending unlock during §9.1 (before any recovery data is sent), so the
+/// lock is not part of the data.
+const UNLOCK_IN_FLIGHT_SURVIVES_RECOVERY: &str = "\
+o2dlm-sim seed=0x503a nodes=3 domains=1 names=3 cache_clients=2 direct_clients=1 faults=delays,links,pauses,crashes
+12967 op n2 c1 lock d0 s0 ex
+13301 op n2 c1 unlock
+13302 op n0 c2 lock d0 s0 pr
+14432 op n0 c0 lock d0 s0 ex
+16259 fault pause n2 8968ms
+16308 op n0 c2 unlock
+";
+
+/// Bug 4: a lock request sent to a master that then dies is never
+/// retried. n3 masters s2 (EX held) and stops; n2 asks for EX (NOQUEUE):
+/// its CREATE_LOCK waits on the open connection to the stopped n3 and
+/// fails when n3 is fenced and the connections close. n0 declares n3 dead
+/// and recovers (n2's §9.1 runs from BEGIN_RECO; it has no lock data for
+/// s2, as a pending request is not recovered). After recovery n2 never
+/// sends its request to the new master: its client waits for ever. The
+/// kernel's dlmlock retries a request that failed with RECOVERING or
+/// NOLOCKMGR once recovery is over.
+const REQUEST_TO_DEAD_MASTER_NOT_RETRIED: &str = "\
+o2dlm-sim seed=0xb89 nodes=4 domains=1 names=3 cache_clients=2 direct_clients=1 faults=delays,links,pauses,crashes
+13077 op n3 c0 lock d0 s2 ex
+13078 op n1 c1 lock d0 s0 ex try
+13280 op n0 c1 lock d0 s2 nl
+13426 fault pause n3 6655ms
+18140 op n2 c0 lock d0 s2 ex try
+";
+
+/// Bug 4b: the same with a conversion, on two nodes. n0 masters s2; n1
+/// holds PR (cache) and sends CONVERT_LOCK to EX; n0 crashes before
+/// answering. n1, alone, recovers n0 and masters s2, but its conversion
+/// is never run again: its client waits for ever (§9.1: a pending
+/// convert goes back to granted and the requester retries).
+const CONVERT_TO_DEAD_MASTER_NOT_RETRIED: &str = "\
+o2dlm-sim seed=0x3804c nodes=2 domains=1 names=3 cache_clients=2 direct_clients=1 faults=delays,links,pauses,crashes
+12296 op n0 c1 lock d0 s2 ex try
+12472 op n1 c1 lock d0 s2 pr
+12944 op n0 c0 lock d0 s0 ex
+14344 op n0 c0 unlock
+14416 op n0 c0 lock d0 s2 ex
+14637 op n0 c2 lock d0 s1 pr
+14639 op n1 c2 lock d0 s1 pr
+14789 op n1 c1 unlock
+15551 op n1 c1 lock d0 s2 ex
+15715 op n0 c1 unlock
+15895 fault crash n0 7115ms
+";
+
+const KNOWN: [(&str, &str, FailKind); 7] = [
+    (
+        "convert to a dead master not retried",
+        CONVERT_TO_DEAD_MASTER_NOT_RETRIED,
+        FailKind::Liveness,
+    ),
+    (
+        "request to a dead master not retried",
+        REQUEST_TO_DEAD_MASTER_NOT_RETRIED,
+        FailKind::Liveness,
+    ),
+    (
+        "unlock in flight to a dead master survives recovery",
+        UNLOCK_IN_FLIGHT_SURVIVES_RECOVERY,
+        FailKind::Liveness,
+    ),
     (
         "recovery master finalizing accepts BEGIN_RECO",
         MASTER_FINALIZING_ACCEPTS_BEGIN_RECO,
@@ -148,4 +222,22 @@ fn fixed_mastery_stale_votes_after_death() {
 #[ignore = "DLM bug 2: the recovery master accepts BEGIN_RECO while finalizing"]
 fn fixed_master_finalizing_refuses_begin_reco() {
     must_pass(MASTER_FINALIZING_ACCEPTS_BEGIN_RECO);
+}
+
+#[test]
+#[ignore = "DLM bug 3: a lock whose UNLOCK is in flight to a dead master survives recovery"]
+fn fixed_unlock_in_flight_does_not_survive_recovery() {
+    must_pass(UNLOCK_IN_FLIGHT_SURVIVES_RECOVERY);
+}
+
+#[test]
+#[ignore = "DLM bug 4: a request to a master that dies is not retried after recovery"]
+fn fixed_request_to_dead_master_is_retried() {
+    must_pass(REQUEST_TO_DEAD_MASTER_NOT_RETRIED);
+}
+
+#[test]
+#[ignore = "DLM bug 4b: a conversion sent to a master that dies is not run again after recovery"]
+fn fixed_convert_to_dead_master_is_retried() {
+    must_pass(CONVERT_TO_DEAD_MASTER_NOT_RETRIED);
 }

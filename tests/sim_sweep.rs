@@ -43,8 +43,9 @@ fn short_sweep_two_nodes_every_fault_finds_nothing() {
 }
 
 /// Every fault on clusters of 2 to 4 nodes: fails until the DLM bugs kept
-/// in tests/sim_known_bugs.rs are fixed (a mastery that concludes across
-/// a death). Run: cargo test --test sim_sweep -- --ignored
+/// in tests/sim_known_bugs.rs are fixed (masteries across a death, the
+/// recovery master's finalize, operations in flight to a dead master).
+/// Run: cargo test --test sim_sweep -- --ignored
 #[test]
 #[ignore = "fails on the known DLM bugs of tests/sim_known_bugs.rs"]
 fn short_sweep_every_fault_finds_nothing() {

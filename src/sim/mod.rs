@@ -8,6 +8,25 @@
 //! to the shortest list of operations and faults that still fails the same
 //! way, and printed as text that replays exactly.
 //!
+//! Faults (all on by default): message delays; node pauses; crashes with
+//! restart and pauses long enough to be declared dead (survivors run the
+//! DLM's recovery); cut connections, which o2net does not re-make while
+//! both ends heartbeat, settled by the quorum rule. Two rules keep the
+//! schedules within what an o2cb cluster can survive at all: a lone cut
+//! between two nodes that both keep a majority (o2quorum fences neither)
+//! ends with an operator reboot of the higher node, and no node pauses
+//! while another starts up (it would miss the paused node and form the
+//! domain alone, as a kernel node would).
+//!
+//! Checks: no two incompatible holders (holders on a paused or dead node
+//! count until the granting master has learned of the death); every
+//! completion expected; LVB reads return the last EX write, or zero after
+//! a death that §9.5/§9.6 say loses it, flagged by
+//! `Dlm::lock_lvb_invalid` when the master is local; liveness: within
+//! `LIVENESS_MS` of the end of faults and of the last death verdict every
+//! request is granted and the cluster has settled (every node back, every
+//! domain joined, no recovery pending); no message a kernel would BUG on.
+//!
 //! Entry points: [`run_schedule`], [`shrink`], [`sweep`]; the
 //! `o2dlm simulate` command wraps them.
 
