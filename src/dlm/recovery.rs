@@ -153,6 +153,33 @@ impl Dlm {
             d.name,
             d.domain_map
         );
+        // An UNLOCK in flight to the dead master counts as done (§9.1), and
+        // before any recovery data is built, so that the lock is not sent
+        // to the new master as granted; the late transport failure then
+        // finds no operation to complete.
+        let unlocks: Vec<(u64, RequestId)> = self
+            .locks
+            .values()
+            .filter(|l| l.domain == key)
+            .filter(|l| {
+                d.resources
+                    .get(&l.name)
+                    .is_some_and(|r| r.owner == Some(dead))
+            })
+            .filter_map(|l| match l.op {
+                Some(Op {
+                    kind: OpKind::Unlock { .. },
+                    stage: Stage::Sent(id),
+                }) => Some((l.cookie, id)),
+                _ => None,
+            })
+            .collect();
+        for (cookie, id) in unlocks {
+            self.on_unlock_reply(now, cookie, id, Err(TransportError::HostDown));
+        }
+        let Some(d) = self.domains.get_mut(&key) else {
+            return;
+        };
         let mig_names: Vec<LockName> = d
             .mles
             .iter()
@@ -675,7 +702,9 @@ impl Dlm {
             self.reply(token, from, 0);
             return;
         };
-        if d.reco.finalizing {
+        // Finalizing, as a participant (stage 1 seen) or as the master
+        // still sending FINALIZE_RECO: the sender asks again later.
+        if d.reco.finalizing || matches!(d.reco.phase, RecoPhase::Finalize { .. }) {
             self.reply(token, from, EAGAIN);
             return;
         }
@@ -1268,17 +1297,28 @@ impl Dlm {
         self.reco_step(now, key);
         if all_done {
             // Masteries held back by the recovery may start now.
-            let names: Vec<LockName> = self
+            let (names, votes): (Vec<LockName>, Vec<LockName>) = self
                 .domains
                 .get(&key)
                 .map(|d| {
-                    d.resources
+                    let names = d
+                        .resources
                         .values()
                         .filter(|r| !r.waiting_ops.is_empty())
                         .map(|r| r.name)
-                        .collect()
+                        .collect();
+                    let votes = d
+                        .resources
+                        .values()
+                        .filter(|r| r.mastery.is_some())
+                        .map(|r| r.name)
+                        .collect();
+                    (names, votes)
                 })
                 .unwrap_or_default();
+            for n in votes {
+                self.mastery_step(now, key, n);
+            }
             for n in names {
                 self.kick_resource(now, key, n);
             }
