@@ -135,18 +135,7 @@ o2dlm-sim seed=0x3804c nodes=2 domains=1 names=3 cache_clients=2 direct_clients=
 15895 fault crash n0 7115ms
 ";
 
-const KNOWN: [(&str, &str, FailKind); 2] = [
-    (
-        "convert to a dead master not retried",
-        CONVERT_TO_DEAD_MASTER_NOT_RETRIED,
-        FailKind::Liveness,
-    ),
-    (
-        "request to a dead master not retried",
-        REQUEST_TO_DEAD_MASTER_NOT_RETRIED,
-        FailKind::Liveness,
-    ),
-];
+const KNOWN: [(&str, &str, FailKind); 0] = [];
 
 fn replay(text: &str) -> Result<sim::Stats, sim::Failure> {
     let s = Schedule::from_text(text).expect("schedule text");
@@ -201,13 +190,11 @@ fn fixed_unlock_in_flight_does_not_survive_recovery() {
 }
 
 #[test]
-#[ignore = "DLM bug 4: a request to a master that dies is not retried after recovery"]
 fn fixed_request_to_dead_master_is_retried() {
     must_pass(REQUEST_TO_DEAD_MASTER_NOT_RETRIED);
 }
 
 #[test]
-#[ignore = "DLM bug 4b: a conversion sent to a master that dies is not run again after recovery"]
 fn fixed_convert_to_dead_master_is_retried() {
     must_pass(CONVERT_TO_DEAD_MASTER_NOT_RETRIED);
 }

@@ -837,7 +837,17 @@ impl Dlm {
                     kick.push(*name);
                 }
                 MleKind::Block => {
-                    if mle.maybe_map.is_empty() || mle.master == Some(node) {
+                    // Our own wait on another node's mastery after a death:
+                    // that node may have learnt of an owner that is now
+                    // dead and will never assert, so ask again ourselves
+                    // (after the recovery, as above).
+                    let waiting = died
+                        && d.resources.get(name).is_some_and(|r| {
+                            r.mastery
+                                .as_ref()
+                                .is_some_and(|j| j.phase == MasteryPhase::WaitAssert)
+                        });
+                    if mle.maybe_map.is_empty() || mle.master == Some(node) || waiting {
                         drop_mles.push(*name);
                         kick.push(*name);
                     }

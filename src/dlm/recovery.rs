@@ -177,6 +177,25 @@ impl Dlm {
         for (cookie, id) in unlocks {
             self.on_unlock_reply(now, cookie, id, Err(TransportError::HostDown));
         }
+        // So is a cancel on its way to it (or waiting to be sent again):
+        // the create or convert is withdrawn here and not recovered.
+        let Some(d) = self.domains.get(&key) else {
+            return;
+        };
+        let cancels: Vec<u64> = self
+            .locks
+            .values()
+            .filter(|l| l.domain == key && l.cancel.is_some())
+            .filter(|l| {
+                d.resources
+                    .get(&l.name)
+                    .is_some_and(|r| r.owner == Some(dead))
+            })
+            .map(|l| l.cookie)
+            .collect();
+        for cookie in cancels {
+            self.cancel_done(now, cookie);
+        }
         let Some(d) = self.domains.get_mut(&key) else {
             return;
         };
