@@ -21,7 +21,9 @@
 //! loss is reported instead: the resource's LVB is flagged invalid and the
 //! next local grant says so (`Dlm::lock_lvb_invalid`).
 
-use super::domain::{lock_record, DropState, MleKind, Op, OpKind, Resource, Stage, UserLock};
+use super::domain::{
+    lock_record, DomState, DropState, MleKind, Op, OpKind, Resource, Stage, UserLock,
+};
 use super::lockres::{Lock, LockKey, LockRes};
 use super::mode::Mode;
 use super::node::*;
@@ -749,9 +751,17 @@ impl Dlm {
         }
         d.reco.new_master = Some(m.node_idx);
         d.reco.dead = Some(m.dead_node);
-        let unseen = d.domain_map.contains(&m.dead_node);
+        let unseen = !d.recovery_map.contains(&m.dead_node);
+        if unseen && !d.domain_map.contains(&m.dead_node) && d.state == DomState::Joined {
+            // A joiner the master had admitted and we had not yet: it is
+            // recovered here too (the kernel forces the node into its maps
+            // and runs the node-down cleanup), else our LOCK_REQUEST
+            // answers would hold the master's recovery up for ever.
+            d.domain_map.insert(m.dead_node);
+        }
+        let cleanup = unseen && d.domain_map.contains(&m.dead_node);
         self.reply(token, from, 0);
-        if unseen {
+        if cleanup {
             self.domain_node_down(now, key, m.dead_node);
         } else {
             self.reco_step(now, key);
