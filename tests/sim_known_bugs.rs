@@ -135,43 +135,7 @@ o2dlm-sim seed=0x3804c nodes=2 domains=1 names=3 cache_clients=2 direct_clients=
 15895 fault crash n0 7115ms
 ";
 
-const KNOWN: [(&str, &str, FailKind); 7] = [
-    (
-        "convert to a dead master not retried",
-        CONVERT_TO_DEAD_MASTER_NOT_RETRIED,
-        FailKind::Liveness,
-    ),
-    (
-        "request to a dead master not retried",
-        REQUEST_TO_DEAD_MASTER_NOT_RETRIED,
-        FailKind::Liveness,
-    ),
-    (
-        "unlock in flight to a dead master survives recovery",
-        UNLOCK_IN_FLIGHT_SURVIVES_RECOVERY,
-        FailKind::Liveness,
-    ),
-    (
-        "recovery master finalizing accepts BEGIN_RECO",
-        MASTER_FINALIZING_ACCEPTS_BEGIN_RECO,
-        FailKind::Liveness,
-    ),
-    (
-        "mastery during recovery: lost request",
-        MASTERY_DURING_RECOVERY_LOST_REQUEST,
-        FailKind::Liveness,
-    ),
-    (
-        "mastery during recovery: two masters",
-        MASTERY_DURING_RECOVERY_TWO_MASTERS,
-        FailKind::Conflict,
-    ),
-    (
-        "stale votes after a death",
-        MASTERY_STALE_VOTES_AFTER_DEATH,
-        FailKind::Conflict,
-    ),
-];
+const KNOWN: [(&str, &str, FailKind); 0] = [];
 
 fn replay(text: &str) -> Result<sim::Stats, sim::Failure> {
     let s = Schedule::from_text(text).expect("schedule text");
@@ -201,43 +165,36 @@ fn must_pass(text: &str) {
 }
 
 #[test]
-#[ignore = "DLM bug 1a: mastery concludes during recovery"]
 fn fixed_mastery_during_recovery_lost_request() {
     must_pass(MASTERY_DURING_RECOVERY_LOST_REQUEST);
 }
 
 #[test]
-#[ignore = "DLM bug 1b: mastery concludes during recovery"]
 fn fixed_mastery_during_recovery_two_masters() {
     must_pass(MASTERY_DURING_RECOVERY_TWO_MASTERS);
 }
 
 #[test]
-#[ignore = "DLM bug 1c: votes from before a death are kept"]
 fn fixed_mastery_stale_votes_after_death() {
     must_pass(MASTERY_STALE_VOTES_AFTER_DEATH);
 }
 
 #[test]
-#[ignore = "DLM bug 2: the recovery master accepts BEGIN_RECO while finalizing"]
 fn fixed_master_finalizing_refuses_begin_reco() {
     must_pass(MASTER_FINALIZING_ACCEPTS_BEGIN_RECO);
 }
 
 #[test]
-#[ignore = "DLM bug 3: a lock whose UNLOCK is in flight to a dead master survives recovery"]
 fn fixed_unlock_in_flight_does_not_survive_recovery() {
     must_pass(UNLOCK_IN_FLIGHT_SURVIVES_RECOVERY);
 }
 
 #[test]
-#[ignore = "DLM bug 4: a request to a master that dies is not retried after recovery"]
 fn fixed_request_to_dead_master_is_retried() {
     must_pass(REQUEST_TO_DEAD_MASTER_NOT_RETRIED);
 }
 
 #[test]
-#[ignore = "DLM bug 4b: a conversion sent to a master that dies is not run again after recovery"]
 fn fixed_convert_to_dead_master_is_retried() {
     must_pass(CONVERT_TO_DEAD_MASTER_NOT_RETRIED);
 }

@@ -47,7 +47,6 @@ fn short_sweep_two_nodes_every_fault_finds_nothing() {
 /// recovery master's finalize, operations in flight to a dead master).
 /// Run: cargo test --test sim_sweep -- --ignored
 #[test]
-#[ignore = "fails on the known DLM bugs of tests/sim_known_bugs.rs"]
 fn short_sweep_every_fault_finds_nothing() {
     let r = sweep_clean(&SimConfig::default(), 1, 400);
     assert!(r.deaths > 100, "only {} node deaths", r.deaths);

@@ -2,7 +2,9 @@
 //! and the entry of heartbeat node-down verdicts (the cleanup and the
 //! recovery protocol of §9 are in recovery.rs).
 
-use super::domain::{DomState, Domain, JoinJob, JoinPhase, LeaveJob, LeavePhase, MleKind, NodeSet};
+use super::domain::{
+    DomState, Domain, JoinJob, JoinPhase, LeaveJob, LeavePhase, MasteryPhase, MleKind, NodeSet,
+};
 use super::node::*;
 use crate::wire::dlm::*;
 use std::collections::VecDeque;
@@ -774,10 +776,10 @@ impl Dlm {
             if mle.kind == MleKind::Master && mle.master.is_none() && mle.vote_map.insert(node) {
                 if let Some(r) = d.resources.get_mut(name) {
                     if let Some(job) = r.mastery.as_mut() {
-                        if job.phase == super::domain::MasteryPhase::Voting
-                            || job.phase == super::domain::MasteryPhase::WaitAssert
+                        if job.phase == MasteryPhase::Voting
+                            || job.phase == MasteryPhase::WaitAssert
                         {
-                            job.phase = super::domain::MasteryPhase::Voting;
+                            job.phase = MasteryPhase::Voting;
                             job.targets.push_back(node);
                             kick.push(*name);
                         }
@@ -795,6 +797,13 @@ impl Dlm {
         let Some(d) = self.domains.get_mut(&key) else {
             return;
         };
+        let me = self.me;
+        // A death (not a clean exit): the answers taken so far may be out
+        // of date once recovery moves the dead node's resources, so a vote
+        // still open starts again from scratch, after the recovery (the
+        // kernel's restart of the master request on a node map change).
+        let died = d.recovery_map.contains(&node);
+        let others = d.others(me);
         let mut kick = Vec::new();
         let mut drop_mles = Vec::new();
         for (name, mle) in d.mles.iter_mut() {
@@ -806,10 +815,39 @@ impl Dlm {
                     if mle.master == Some(node) {
                         mle.master = None;
                     }
+                    let job = d.resources.get_mut(name).and_then(|r| r.mastery.as_mut());
+                    let open = job.as_ref().is_some_and(|j| {
+                        matches!(j.phase, MasteryPhase::Voting | MasteryPhase::WaitAssert)
+                    });
+                    if died
+                        && mle.master.is_none()
+                        && open
+                        && name.as_bytes() != DLM_RECOVERY_LOCK_NAME
+                    {
+                        mle.vote_map = others.iter().copied().collect();
+                        mle.response_map.clear();
+                        mle.maybe_map.clear();
+                        mle.maybe_map.insert(me);
+                        if let Some(j) = job {
+                            j.phase = MasteryPhase::Voting;
+                            j.targets = others.iter().copied().collect();
+                            j.asking = None;
+                        }
+                    }
                     kick.push(*name);
                 }
                 MleKind::Block => {
-                    if mle.maybe_map.is_empty() || mle.master == Some(node) {
+                    // Our own wait on another node's mastery after a death:
+                    // that node may have learnt of an owner that is now
+                    // dead and will never assert, so ask again ourselves
+                    // (after the recovery, as above).
+                    let waiting = died
+                        && d.resources.get(name).is_some_and(|r| {
+                            r.mastery
+                                .as_ref()
+                                .is_some_and(|j| j.phase == MasteryPhase::WaitAssert)
+                        });
+                    if mle.maybe_map.is_empty() || mle.master == Some(node) || waiting {
                         drop_mles.push(*name);
                         kick.push(*name);
                     }
@@ -840,10 +878,9 @@ impl Dlm {
                 if job.asking.is_some_and(|(n, _)| n == node) {
                     job.asking = None;
                 }
-                if job.phase == super::domain::MasteryPhase::ExtraRequest
-                    || job.phase == super::domain::MasteryPhase::WaitAssert
+                if job.phase == MasteryPhase::ExtraRequest || job.phase == MasteryPhase::WaitAssert
                 {
-                    job.phase = super::domain::MasteryPhase::Voting;
+                    job.phase = MasteryPhase::Voting;
                 }
             }
             self.mastery_restart_if_orphaned(now, key, name);

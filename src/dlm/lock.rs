@@ -321,12 +321,18 @@ impl Dlm {
     }
 
     pub(crate) fn retry_op(&mut self, now: Instant, cookie: u64) {
-        let cancel_waiting = self
-            .locks
-            .get(&cookie)
-            .is_some_and(|l| l.cancel == Some(Stage::Waiting));
-        if cancel_waiting {
-            self.send_cancel(now, cookie);
+        let Some(l) = self.locks.get(&cookie) else {
+            return;
+        };
+        if l.cancel == Some(Stage::Waiting) {
+            if l.op.is_some_and(|o| o.stage == Stage::Waiting) {
+                // The request itself failed on the way (its master is
+                // gone) and waits to be sent again: withdraw it here, as
+                // the API does before a request is sent.
+                self.cancel_done(now, cookie);
+            } else {
+                self.send_cancel(now, cookie);
+            }
             return;
         }
         self.run_op(now, cookie);

@@ -151,6 +151,11 @@ impl Dlm {
             // BLOCK: the assert will come.
             return;
         }
+        // A vote goes on only once the recovery of every dead node is over
+        // (§5.1, §9.4): then it asks again (see `mles_node_down`).
+        if !d.recovery_map.is_empty() && name.as_bytes() != DLM_RECOVERY_LOCK_NAME {
+            return;
+        }
         // Ask the next node unless a master below it is already known.
         while let Some(t) = job.targets.pop_front() {
             if !dom_others.contains(&t) {

@@ -21,7 +21,9 @@
 //! loss is reported instead: the resource's LVB is flagged invalid and the
 //! next local grant says so (`Dlm::lock_lvb_invalid`).
 
-use super::domain::{lock_record, DropState, MleKind, Op, OpKind, Resource, Stage, UserLock};
+use super::domain::{
+    lock_record, DomState, DropState, MleKind, Op, OpKind, Resource, Stage, UserLock,
+};
 use super::lockres::{Lock, LockKey, LockRes};
 use super::mode::Mode;
 use super::node::*;
@@ -153,6 +155,52 @@ impl Dlm {
             d.name,
             d.domain_map
         );
+        // An UNLOCK in flight to the dead master counts as done (§9.1), and
+        // before any recovery data is built, so that the lock is not sent
+        // to the new master as granted; the late transport failure then
+        // finds no operation to complete.
+        let unlocks: Vec<(u64, RequestId)> = self
+            .locks
+            .values()
+            .filter(|l| l.domain == key)
+            .filter(|l| {
+                d.resources
+                    .get(&l.name)
+                    .is_some_and(|r| r.owner == Some(dead))
+            })
+            .filter_map(|l| match l.op {
+                Some(Op {
+                    kind: OpKind::Unlock { .. },
+                    stage: Stage::Sent(id),
+                }) => Some((l.cookie, id)),
+                _ => None,
+            })
+            .collect();
+        for (cookie, id) in unlocks {
+            self.on_unlock_reply(now, cookie, id, Err(TransportError::HostDown));
+        }
+        // So is a cancel on its way to it (or waiting to be sent again):
+        // the create or convert is withdrawn here and not recovered.
+        let Some(d) = self.domains.get(&key) else {
+            return;
+        };
+        let cancels: Vec<u64> = self
+            .locks
+            .values()
+            .filter(|l| l.domain == key && l.cancel.is_some())
+            .filter(|l| {
+                d.resources
+                    .get(&l.name)
+                    .is_some_and(|r| r.owner == Some(dead))
+            })
+            .map(|l| l.cookie)
+            .collect();
+        for cookie in cancels {
+            self.cancel_done(now, cookie);
+        }
+        let Some(d) = self.domains.get_mut(&key) else {
+            return;
+        };
         let mig_names: Vec<LockName> = d
             .mles
             .iter()
@@ -675,7 +723,9 @@ impl Dlm {
             self.reply(token, from, 0);
             return;
         };
-        if d.reco.finalizing {
+        // Finalizing, as a participant (stage 1 seen) or as the master
+        // still sending FINALIZE_RECO: the sender asks again later.
+        if d.reco.finalizing || matches!(d.reco.phase, RecoPhase::Finalize { .. }) {
             self.reply(token, from, EAGAIN);
             return;
         }
@@ -701,9 +751,17 @@ impl Dlm {
         }
         d.reco.new_master = Some(m.node_idx);
         d.reco.dead = Some(m.dead_node);
-        let unseen = d.domain_map.contains(&m.dead_node);
+        let unseen = !d.recovery_map.contains(&m.dead_node);
+        if unseen && !d.domain_map.contains(&m.dead_node) && d.state == DomState::Joined {
+            // A joiner the master had admitted and we had not yet: it is
+            // recovered here too (the kernel forces the node into its maps
+            // and runs the node-down cleanup), else our LOCK_REQUEST
+            // answers would hold the master's recovery up for ever.
+            d.domain_map.insert(m.dead_node);
+        }
+        let cleanup = unseen && d.domain_map.contains(&m.dead_node);
         self.reply(token, from, 0);
-        if unseen {
+        if cleanup {
             self.domain_node_down(now, key, m.dead_node);
         } else {
             self.reco_step(now, key);
@@ -1268,17 +1326,28 @@ impl Dlm {
         self.reco_step(now, key);
         if all_done {
             // Masteries held back by the recovery may start now.
-            let names: Vec<LockName> = self
+            let (names, votes): (Vec<LockName>, Vec<LockName>) = self
                 .domains
                 .get(&key)
                 .map(|d| {
-                    d.resources
+                    let names = d
+                        .resources
                         .values()
                         .filter(|r| !r.waiting_ops.is_empty())
                         .map(|r| r.name)
-                        .collect()
+                        .collect();
+                    let votes = d
+                        .resources
+                        .values()
+                        .filter(|r| r.mastery.is_some())
+                        .map(|r| r.name)
+                        .collect();
+                    (names, votes)
                 })
                 .unwrap_or_default();
+            for n in votes {
+                self.mastery_step(now, key, n);
+            }
             for n in names {
                 self.kick_resource(now, key, n);
             }
