@@ -28,3 +28,22 @@ o2dlm-sim seed=0xd0e nodes=8 domains=2 names=3 cache_clients=2 direct_clients=1 
 ",
     );
 }
+
+/// A stale BLOCK mle after a death. n3 asks n1 who masters s2 (n1 keeps a
+/// BLOCK mle naming n3), waits for recovery of the dead n4 and, as the
+/// recovery master, gets s2 from the recovery data: it never asserts, so
+/// n1's later request waited on that mle for ever. A death now drops
+/// the BLOCK mles no local request waits on.
+#[test]
+fn block_mle_of_a_node_that_recovery_made_owner() {
+    must_pass(
+        "\
+o2dlm-sim seed=0x45c nodes=6 domains=1 names=3 cache_clients=2 direct_clients=1 faults=delays,links,pauses,crashes
+12006 op n4 c0 lock d0 s2 ex try
+12699 op n5 c0 lock d0 s2 ex try
+13814 fault crash n4 9304ms
+19651 op n3 c0 lock d0 s2 ex
+26770 op n1 c0 lock d0 s2 ex
+",
+    );
+}

@@ -847,7 +847,13 @@ impl Dlm {
                                 .as_ref()
                                 .is_some_and(|j| j.phase == MasteryPhase::WaitAssert)
                         });
-                    if mle.maybe_map.is_empty() || mle.master == Some(node) || waiting {
+                    // Nobody waits on it here: forget it, as if it had
+                    // never been there (the kernel blanks a blocked mle's
+                    // maybe map on a death). Its node may never assert:
+                    // recovery can make it the owner without a mastery.
+                    let unwatched = died && name.as_bytes() != DLM_RECOVERY_LOCK_NAME;
+                    if mle.maybe_map.is_empty() || mle.master == Some(node) || waiting || unwatched
+                    {
                         drop_mles.push(*name);
                         kick.push(*name);
                     }
