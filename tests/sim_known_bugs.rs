@@ -97,15 +97,11 @@ o2dlm-sim seed=0x503a nodes=3 domains=1 names=3 cache_clients=2 direct_clients=1
 16308 op n0 c2 unlock
 ";
 
-/// Bug 4: a lock request sent to a master that then dies is never
-/// retried. n3 masters s2 (EX held) and stops; n2 asks for EX (NOQUEUE):
-/// its CREATE_LOCK waits on the open connection to the stopped n3 and
-/// fails when n3 is fenced and the connections close. n0 declares n3 dead
-/// and recovers (n2's §9.1 runs from BEGIN_RECO; it has no lock data for
-/// s2, as a pending request is not recovered). After recovery n2 never
-/// sends its request to the new master: its client waits for ever. The
-/// kernel's dlmlock retries a request that failed with RECOVERING or
-/// NOLOCKMGR once recovery is over.
+/// Bug 4 (fixed): n2 waited on a BLOCK mle naming n0 as the node
+/// mastering s2, but n0 had learned the owner was n3, so it never
+/// asserted, and n3 died before asserting to everyone: n2's client waited
+/// for ever. Fix: after a death, a wait on another node's mastery drops
+/// its BLOCK mle and asks again once recovery is over.
 const REQUEST_TO_DEAD_MASTER_NOT_RETRIED: &str = "\
 o2dlm-sim seed=0xb89 nodes=4 domains=1 names=3 cache_clients=2 direct_clients=1 faults=delays,links,pauses,crashes
 13077 op n3 c0 lock d0 s2 ex
@@ -115,11 +111,11 @@ o2dlm-sim seed=0xb89 nodes=4 domains=1 names=3 cache_clients=2 direct_clients=1 
 18140 op n2 c0 lock d0 s2 ex try
 ";
 
-/// Bug 4b: the same with a conversion, on two nodes. n0 masters s2; n1
-/// holds PR (cache) and sends CONVERT_LOCK to EX; n0 crashes before
-/// answering. n1, alone, recovers n0 and masters s2, but its conversion
-/// is never run again: its client waits for ever (§9.1: a pending
-/// convert goes back to granted and the requester retries).
+/// Bug 4b (fixed): n1's cancel of its up-conversion (sent on a blocking
+/// notice) was in flight to n0 when n0 died; on n1, now the master, the
+/// cancel was refused and the conversion waited for ever. Fix: a cancel
+/// in flight to a dead master completes locally at §9.1, as the kernel
+/// does for a pending cancel.
 const CONVERT_TO_DEAD_MASTER_NOT_RETRIED: &str = "\
 o2dlm-sim seed=0x3804c nodes=2 domains=1 names=3 cache_clients=2 direct_clients=1 faults=delays,links,pauses,crashes
 12296 op n0 c1 lock d0 s2 ex try
