@@ -207,7 +207,7 @@ impl Context {
                 let is_dlmfs = dlmfs_path.is_some_and(crate::dlmfs::is_dlmfs_mount);
                 if is_dlmfs {
                     Box::new(dlmfs_backend(dlmfs_path, domain)?)
-                } else if crate::engine::is_configured() {
+                } else if crate::config::engine_configured() {
                     log::info!("{name}: no dlmfs mount here; using the embedded engine");
                     crate::engine::initialize(domain)?
                 } else {
@@ -250,18 +250,18 @@ impl Context {
     }
 
     pub fn unlock(&self, id: &[u8]) -> Result<()> {
-        self.backend.unlock(&lookup_id(id)?)
+        self.backend.unlock(&LockId::new(id)?)
     }
 
     pub fn drop_lock(&self, id: &[u8]) -> Result<()> {
-        self.backend.drop_lock(&lookup_id(id)?)
+        self.backend.drop_lock(&LockId::new(id)?)
     }
 
     /// Reads up to `buf.len()` bytes (at most 64) of the LVB. A zero-length
     /// read reports LVB_INVALID, as a 0-byte read of a dlmfs file does.
     pub fn read_lvb(&self, id: &[u8], buf: &mut [u8]) -> Result<usize> {
         let len = buf.len().min(LVB_LEN);
-        self.backend.read_lvb(&lookup_id(id)?, &mut buf[..len])
+        self.backend.read_lvb(&LockId::new(id)?, &mut buf[..len])
     }
 
     /// Writes the first `data.len()` bytes of the LVB; more than 64 is an
@@ -270,7 +270,7 @@ impl Context {
         if data.len() > LVB_LEN {
             return Err(Error::InvalidArgs);
         }
-        self.backend.write_lvb(&lookup_id(id)?, data)
+        self.backend.write_lvb(&LockId::new(id)?, data)
     }
 
     /// o2net messages (DLM requests and status replies) this process's
@@ -293,7 +293,7 @@ pub fn supports(capability: &str) -> Result<bool> {
     }
     let engine = match BackendChoice::from_env() {
         Ok(BackendChoice::Engine) => true,
-        Ok(BackendChoice::Auto) => crate::engine::is_configured(),
+        Ok(BackendChoice::Auto) => crate::config::engine_configured(),
         Ok(BackendChoice::Dlmfs) | Err(_) => false,
     };
     Ok(engine && capability == "bast")
@@ -315,12 +315,6 @@ fn check_lock_args(id: &[u8], flags: i32, level: i32) -> Result<(LockId, LockLev
     let level = LockLevel::from_raw(level)?;
     let flags = LockFlags::from_raw(flags)?;
     Ok((id, level, flags))
-}
-
-/// Ids given to unlock/drop/LVB calls get the same checks as at lock time,
-/// so a malformed id is reported as such rather than as "not held".
-fn lookup_id(id: &[u8]) -> Result<LockId> {
-    LockId::new(id)
 }
 
 #[cfg(test)]

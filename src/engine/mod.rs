@@ -24,11 +24,6 @@ use std::sync::{Arc, Mutex, MutexGuard};
 /// Longest domain name o2dlm carries (the kernel refuses 64 and more).
 const DOMAIN_NAME_LIMIT: usize = 64;
 
-/// True when the environment configures an engine node.
-pub fn is_configured() -> bool {
-    crate::config::engine_configured()
-}
-
 /// Stops the process's node cleanly (heartbeat leaving block), if running.
 pub(crate) fn shutdown() {
     runtime::shutdown();
